@@ -1,0 +1,11 @@
+"""omnikern: fused kernels, a C++ text extension and Triton serving for unified search embeddings.
+
+Nothing heavy happens at import: no device probing, no compiling. Kernels are compiled on first
+use; the C++ extension is loaded by the modules that need it.
+"""
+
+from omnikern.ops import l2_normalize
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "l2_normalize"]

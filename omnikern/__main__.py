@@ -1,0 +1,5 @@
+import sys
+
+from omnikern.cli import main
+
+sys.exit(main())

@@ -1,0 +1,3 @@
+"""The recipe catalogue, query construction and synthetic batches (issue: model and trainer)."""
+
+__all__: list[str] = []

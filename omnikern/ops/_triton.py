@@ -1,0 +1,94 @@
+"""The one place that knows how Triton kernels run here: on a CUDA device, or under the interpreter.
+
+The Triton interpreter (``TRITON_INTERPRET=1``) runs kernels on CPU tensors with numpy. It must be
+switched on in the environment **before the first** ``import triton`` (triton reads it when its
+``jit`` decorator wraps a kernel), which is why ``python_tests/conftest.py`` sets it when no CUDA
+device is present. This module never sets it itself: a library changing global state at import
+would surprise its users.
+
+Facts about the interpreter that kernels must respect (torch 2.13 CPU + triton 3.7.1):
+
+* bf16 ``tl.dot`` is silently wrong: kernels take ``UPCAST_BF16: tl.constexpr`` from
+  :func:`upcast_bf16` and cast bf16 tiles to fp32 before a dot when it is set;
+* ``tl.atomic_add`` works for fp32/fp16 but not bf16;
+* ``triton.autotune`` with more than one config fails: wrap config lists with
+  :func:`autotune_configs`;
+* ``tl.device_assert`` is a no-op, so kernels rely on host-side validation;
+* every inner-loop step costs ~2 ms, so tests use small shapes and large blocks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+# Kernels that keep a whole row in registers: above this, the public functions fall back to torch.
+MAX_FUSED_BLOCK = 32768
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def kernel_supported(*tensors: torch.Tensor) -> bool:
+    """True when a Triton kernel can run on these tensors: all on CUDA, or all on CPU while
+    interpreting."""
+    if not tensors:
+        return False
+    if all(t.is_cuda for t in tensors):
+        return True
+    return interpreting() and all(t.device.type == "cpu" for t in tensors)
+
+
+def resolve_impl(impl: str, *tensors: torch.Tensor) -> str:
+    """Turn a user's ``impl`` choice (``"auto" | "triton" | "torch"``) into ``"triton"`` or ``"torch"``.
+
+    ``"auto"`` picks the Triton kernel where it can run (CUDA, or the interpreter), else torch.
+
+    Raises:
+        ValueError: ``impl`` is unknown, or ``"triton"`` was asked for where no kernel can run.
+    """
+    if impl not in ("auto", "triton", "torch"):
+        raise ValueError(f"impl must be 'auto', 'triton' or 'torch', got {impl!r}")
+    if impl == "torch":
+        return "torch"
+    supported = kernel_supported(*tensors)
+    if impl == "triton" and not supported:
+        devices = sorted({str(t.device) for t in tensors})
+        raise ValueError(
+            "impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before triton is "
+            f"imported, for CPU tensors), got tensors on {devices}"
+        )
+    return "triton" if supported else "torch"
+
+
+def upcast_bf16(dtype: torch.dtype) -> bool:
+    """Whether a kernel must cast bf16 tiles to fp32 before ``tl.dot`` (only when interpreting)."""
+    return dtype == torch.bfloat16 and interpreting()
+
+
+def autotune_configs(configs: Sequence[T]) -> list[T]:
+    """The configs to autotune over: all of them on a GPU, only the first when interpreting."""
+    if not configs:
+        raise ValueError("configs must not be empty")
+    return list(configs[:1]) if interpreting() else list(configs)
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= n (and >= 1)."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def num_warps_for(block: int) -> int:
+    """A warp count for a kernel whose program handles ``block`` elements per row."""
+    if block >= 8192:
+        return 16
+    if block >= 2048:
+        return 8
+    return 4
