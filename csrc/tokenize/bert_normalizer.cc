@@ -54,12 +54,10 @@ void BertNormalizer::normalize(std::u32string_view text, std::u32string& out, st
         continue;
       }
     }
-    if (options_.handle_chinese_chars && unicode::is_bert_cjk(c)) {
-      scratch.push_back(' ');
-      scratch.push_back(c);
-      scratch.push_back(' ');
-      continue;
-    }
+    // CJK padding comes before NFD, so compatibility ideographs (U+F900...) are padded and then
+    // decomposed to their unified ideograph.
+    const bool pad = options_.handle_chinese_chars && unicode::is_bert_cjk(c);
+    if (pad) scratch.push_back(' ');
     if (options_.strip_accents) {
       const size_t before = scratch.size();
       unicode::append_decomposition(c, scratch, /*compat=*/false, Ucd::kV8);
@@ -68,6 +66,7 @@ void BertNormalizer::normalize(std::u32string_view text, std::u32string& out, st
     } else {
       scratch.push_back(c);
     }
+    if (pad) scratch.push_back(' ');
   }
   // NFD's canonical reordering only matters when a non-starter was seen (rare outside accents).
   if (options_.strip_accents && has_non_starter) unicode::canonical_reorder(scratch, 0, Ucd::kV8);
