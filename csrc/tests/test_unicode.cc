@@ -73,6 +73,9 @@ static void run_tests() {
   OMNIKERN_CHECK(normalize(U"\u212B", Form::NFC) == std::u32string(U"\u00C5"));  // singleton
   OMNIKERN_CHECK(normalize(U"\u0958", Form::NFC) == std::u32string(U"\u0915\u093C"));  // exclusion
   OMNIKERN_CHECK(normalize(U"\u1E0B\u0323", Form::NFC) == std::u32string(U"\u1E0D\u0307"));
+  // NUL composes with nothing (the generator once read the tables' end marker as a real entry).
+  const std::u32string with_nul(U"A\0B\0\u0338", 5);
+  OMNIKERN_CHECK(normalize(with_nul, Form::NFC) == with_nul);
 }
 
 OMNIKERN_TEST_MAIN()

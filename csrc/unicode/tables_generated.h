@@ -34,8 +34,8 @@ extern const char32_t lower_v17_pool[2962];
 extern const uint8_t casefold_v17_stage1[8704];
 extern const uint16_t casefold_v17_stage2[5376];
 extern const char32_t casefold_v17_pool[3136];
-extern const uint64_t compose_v17_keys[1046];
-extern const char32_t compose_v17_values[1046];
+extern const uint64_t compose_v17_keys[961];
+extern const char32_t compose_v17_values[961];
 
 }  // namespace tables
 }  // namespace omnikern::unicode

@@ -87,6 +87,8 @@ class UCD:
         def expand(reindex):
             out = {}
             for start, count, index in reindex:
+                if start == 0:
+                    break  # the {0, 0, 0} sentinel that ends the list
                 for k in range(count + 1):
                     out[start + k] = index + k
             return out

@@ -22,9 +22,9 @@ import numpy as np
 from omnikern import _C
 
 _DEFAULT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-# HF's WordPiece decoder (cleanup=True) tidies the spaces it put before these.
+# HF's WordPiece decoder (cleanup=True) runs these replacements, in this order, on each token.
 _CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
-             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+             (" do not", " don't"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
 
 def _read_vocab_txt(path: str | os.PathLike) -> list[str]:
@@ -268,11 +268,18 @@ class WordPieceTokenizer:
             if skip_special_tokens and i in self._special_ids:
                 continue
             tokens.append(self._id_to_token[i])
+        # HF's WordPiece decoder works token by token: a continuation loses its prefix, any other
+        # token after the first gets a leading space, then the cleanup replacements run on that
+        # one token (so only single-token patterns such as " ." can ever match).
         prefix = self._options["continuing_subword_prefix"]
-        text = " ".join(tokens).replace(" " + prefix, "")
-        for a, b in _CLEANUPS:
-            text = text.replace(a, b)
-        return text
+        pieces = []
+        for k, token in enumerate(tokens):
+            if k:
+                token = token.replace(prefix, "", 1) if token.startswith(prefix) else " " + token
+            for a, b in _CLEANUPS:
+                token = token.replace(a, b)
+            pieces.append(token)
+        return "".join(pieces)
 
     # ---- vocab and state ----------------------------------------------------------------------
     def token_to_id(self, token: str) -> int | None:
