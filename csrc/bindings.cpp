@@ -193,7 +193,8 @@ PYBIND11_MODULE(_C, m) {
                        bool handle_chinese_chars, bool strip_accents, bool lowercase, const std::string& unk_token,
                        const std::string& continuing_subword_prefix, size_t max_input_chars_per_word,
                        const std::string& cls_token, const std::string& sep_token, const std::string& pad_token,
-                       const std::vector<std::string>& special_tokens, size_t max_length, bool add_special_tokens) {
+                       const std::vector<std::string>& special_tokens, size_t max_length, bool add_special_tokens,
+                       const std::vector<std::string>& pre_normalization) {
              omnikern::WordPieceOptions o;
              o.normalizer = {clean_text, handle_chinese_chars, strip_accents, lowercase};
              o.unk_token = unk_token;
@@ -205,13 +206,20 @@ PYBIND11_MODULE(_C, m) {
              o.special_tokens = special_tokens;
              o.max_length = max_length;
              o.add_special_tokens = add_special_tokens;
+             for (const std::string& step : pre_normalization) {
+               if (step == "nfkc") o.pre_nfkc = true;
+               else if (step == "lowercase") o.pre_lowercase = true;
+               else if (step == "collapse_whitespace") o.pre_collapse_whitespace = true;
+               else if (step == "trim") o.pre_trim = true;
+               else throw std::invalid_argument("pre_normalization steps are nfkc, lowercase, collapse_whitespace, trim; got '" + step + "'");
+             }
              return std::make_unique<omnikern::WordPieceTokenizer>(vocab, std::move(o));
            }),
            py::arg("vocab"), py::kw_only(), py::arg("clean_text"), py::arg("handle_chinese_chars"),
            py::arg("strip_accents"), py::arg("lowercase"), py::arg("unk_token"),
            py::arg("continuing_subword_prefix"), py::arg("max_input_chars_per_word"), py::arg("cls_token"),
            py::arg("sep_token"), py::arg("pad_token"), py::arg("special_tokens"), py::arg("max_length"),
-           py::arg("add_special_tokens"))
+           py::arg("add_special_tokens"), py::arg("pre_normalization") = std::vector<std::string>{})
       .def(
           "encode",
           [](const omnikern::WordPieceTokenizer& tok, const py::object& text) {

@@ -39,6 +39,7 @@ class WordPieceTokenizer:
         special_tokens: Sequence[str],
         max_length: int,
         add_special_tokens: bool,
+        pre_normalization: Sequence[str] = (),
     ) -> None: ...
     def encode(self, text: str | bytes) -> list[int]: ...
     def encode_batch(

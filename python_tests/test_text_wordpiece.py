@@ -418,3 +418,48 @@ def test_bad_arguments(toy, tmp_path):
     bpe.write_text(json.dumps({"model": {"type": "BPE"}}))
     with pytest.raises(ValueError, match="path"):
         WordPieceTokenizer.from_tokenizer_json(bpe)
+
+
+_WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+
+
+def _pre_normalize_ref(text: str, steps: tuple[str, ...]) -> str:
+    if "nfkc" in steps:
+        text = _C.unicode_normalize(text, "NFKC")
+    if "lowercase" in steps:
+        text = _C.unicode_lowercase(text)
+    if "collapse_whitespace" in steps:
+        out, prev = [], False
+        for ch in text:
+            space = ch in _WHITE_SPACE
+            if not (space and prev):
+                out.append(" " if space else ch)
+            prev = space
+        text = "".join(out)
+    if "trim" in steps:
+        text = text.strip(_WHITE_SPACE)
+    return text
+
+
+@needs_model
+@pytest.mark.parametrize(
+    "steps", [("nfkc",), ("lowercase", "trim"), ("collapse_whitespace",), ("nfkc", "lowercase", "collapse_whitespace", "trim")]
+)
+def test_pre_normalization_matches_hf_on_prenormalised_text(steps):
+    """normalization=steps equals HF on the text pre-normalised by a plain-Python reference."""
+    ours = WordPieceTokenizer.from_vocab(MODEL_DIR / "vocab.txt", lowercase=False, max_length=None,
+                                         normalization=tuple(reversed(steps)))  # order given is irrelevant
+    hf = _hf(tokenizers.normalizers.BertNormalizer(lowercase=False))
+    texts = HARD_STRINGS + _corpus(300, seed=11) + ["  Ａｐｐｌｅ\u3000 \u3000ﬁ™ [SEP]  ", "\u2028x\u00a0\u00a0y\t"]
+    expected = [e.ids for e in hf.encode_batch([_pre_normalize_ref(t, steps) for t in texts])]
+    assert _rows(ours.encode_batch(texts)) == expected
+
+
+def test_pre_normalization_toy(toy):
+    vocab = list(zip(TOY, range(len(TOY))))
+    cased = WordPieceTokenizer(vocab, lowercase=False, normalization=("nfkc", "lowercase"))
+    assert cased.tokenize("ＵＮａｆｆａｂｌｅ") == ["[CLS]", "un", "##aff", "##able", "[SEP]"]
+    assert WordPieceTokenizer(vocab, lowercase=False).tokenize("ＵＮ") == ["[CLS]", "[UNK]", "[SEP]"]
+    assert pickle.loads(pickle.dumps(cased)).encode("ＵＮ") == cased.encode("ＵＮ")
+    with pytest.raises(ValueError, match="normalization"):
+        WordPieceTokenizer(vocab, normalization=("nfc",))

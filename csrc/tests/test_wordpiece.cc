@@ -38,6 +38,13 @@ static void run_tests() {
   OMNIKERN_CHECK(short_tok.encode("a b a b a") == ids({2, 8, 9, 3}));
   OMNIKERN_CHECK(short_tok.encode("[SEP][SEP][SEP]") == ids({2, 3, 3, 3}));
 
+  // Pre-normalisation: NFKC folds the fullwidth letters, then the BERT pipeline lowercases.
+  WordPieceOptions pre = options;
+  pre.pre_nfkc = pre.pre_collapse_whitespace = pre.pre_trim = true;
+  const WordPieceTokenizer pre_tok(vocab, pre);
+  OMNIKERN_CHECK(pre_tok.encode("\xEF\xBC\xA1\xEF\xBC\xA2") == ids({2, 8, 10, 3}));  // "AB" -> a ##b
+  OMNIKERN_CHECK(tok.encode("\xEF\xBC\xA1\xEF\xBC\xA2") == ids({2, 1, 3}));        // fullwidth stays
+
   // Batch: same results for any thread count; errors name the item.
   std::vector<std::string> texts;
   for (int i = 0; i < 1000; ++i) texts.push_back(std::string(i % 7, 'a') + " unaffable b");

@@ -77,7 +77,7 @@ int32_t TokenMap::find(std::string_view key) const {
 
 // Per-call working memory, reused across the texts one thread encodes.
 struct WordPieceTokenizer::Workspace {
-  std::u32string text, normalized, scratch;
+  std::u32string text, normalized, scratch, pre;
   std::string word_utf8;
   std::vector<uint32_t> byte_at;  // byte offset in word_utf8 of each code point, plus the end
 };
@@ -153,9 +153,39 @@ void WordPieceTokenizer::word_piece(std::u32string_view word, Workspace& ws, std
   }
 }
 
+void WordPieceTokenizer::pre_normalize(Workspace& ws) const {
+  if (options_.pre_nfkc) ws.text = unicode::normalize(ws.text, unicode::Form::NFKC);
+  if (options_.pre_lowercase) {
+    ws.pre.clear();
+    for (const char32_t c : ws.text) unicode::append_lower(c, ws.pre);
+    ws.text.swap(ws.pre);
+  }
+  if (options_.pre_collapse_whitespace || options_.pre_trim) {
+    ws.pre.clear();
+    bool in_space = false;
+    for (const char32_t c : ws.text) {
+      const bool space = unicode::is_white_space(c);
+      if (space && options_.pre_collapse_whitespace) {
+        if (!in_space) ws.pre.push_back(' ');
+      } else {
+        ws.pre.push_back(c);
+      }
+      in_space = space;
+    }
+    if (options_.pre_trim) {
+      size_t b = 0, e = ws.pre.size();
+      while (b < e && unicode::is_white_space(ws.pre[b])) ++b;
+      while (e > b && unicode::is_white_space(ws.pre[e - 1])) --e;
+      ws.pre = ws.pre.substr(b, e - b);
+    }
+    ws.text.swap(ws.pre);
+  }
+}
+
 void WordPieceTokenizer::encode_into(std::string_view text, Workspace& ws, std::vector<int32_t>& ids) const {
   ws.text.clear();
   unicode::decode_utf8(text, ws.text);
+  pre_normalize(ws);
   ids.clear();
   if (options_.add_special_tokens) ids.push_back(cls_id_);
   const size_t body_start = ids.size();

@@ -46,6 +46,13 @@ struct WordPieceOptions {
   /// Literal strings cut out of the raw text before normalisation and emitted as their ids
   /// (leftmost, longest first). Each must be in the vocab.
   std::vector<std::string> special_tokens = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"};
+  /// Optional pre-normalisation of the raw text, before special tokens are matched and before the
+  /// BERT normaliser, applied in this fixed order: NFKC (Unicode 17) -> full lowercase -> collapse
+  /// each run of White_Space to one space -> trim White_Space at both ends.
+  bool pre_nfkc = false;
+  bool pre_lowercase = false;
+  bool pre_collapse_whitespace = false;
+  bool pre_trim = false;
   /// Total length including [CLS] and [SEP]; 0 = no truncation. Must be 0 or >= 2.
   size_t max_length = 0;
   bool add_special_tokens = true;
@@ -77,6 +84,7 @@ class WordPieceTokenizer {
  private:
   struct Workspace;
   void encode_into(std::string_view text, Workspace& ws, std::vector<int32_t>& ids) const;
+  void pre_normalize(Workspace& ws) const;
   // Appends the WordPiece ids of one pre-tokenized word; returns false if truncation says stop.
   void word_piece(std::u32string_view word, Workspace& ws, std::vector<int32_t>& ids) const;
 

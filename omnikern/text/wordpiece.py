@@ -21,6 +21,8 @@ import numpy as np
 
 from omnikern import _C
 
+# Optional pre-normalisation steps, in the order they run.
+PRE_NORMALIZATION_STEPS = ("nfkc", "lowercase", "collapse_whitespace", "trim")
 _DEFAULT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # HF's WordPiece decoder (cleanup=True) runs these replacements, in this order, on each token.
 _CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
@@ -60,6 +62,7 @@ class WordPieceTokenizer:
         continuing_subword_prefix: str = "##",
         max_input_chars_per_word: int = 100,
         add_special_tokens: bool = True,
+        normalization: Sequence[str] = (),
     ):
         """Args:
             vocab: (token, id) pairs; a later duplicate token wins (as in HF).
@@ -71,6 +74,9 @@ class WordPieceTokenizer:
             special_tokens: literal strings cut out of the raw text and emitted as their ids; None =
                 those of [PAD] [UNK] [CLS] [SEP] [MASK] that are in the vocab.
             max_input_chars_per_word: longer words (in code points, after normalisation) are [UNK].
+            normalization: optional pre-normalisation of the raw text, any of ``"nfkc"``,
+                ``"lowercase"``, ``"collapse_whitespace"``, ``"trim"``; they run in that order
+                (whatever order is given), before special tokens and the BERT normaliser.
 
         Raises:
             ValueError: a token the options name is not in ``vocab``, or an option is out of range.
@@ -80,6 +86,12 @@ class WordPieceTokenizer:
             raise ValueError(f"max_length must be None or an int >= 2, got {max_length!r}")
         if max_input_chars_per_word < 1:
             raise ValueError(f"max_input_chars_per_word must be >= 1, got {max_input_chars_per_word!r}")
+        if isinstance(normalization, str):
+            normalization = (normalization,)
+        unknown = sorted(set(normalization) - set(PRE_NORMALIZATION_STEPS))
+        if unknown:
+            raise ValueError(f"normalization steps must be among {PRE_NORMALIZATION_STEPS}, got {unknown}")
+        normalization = [step for step in PRE_NORMALIZATION_STEPS if step in normalization]
         if special_tokens is None:
             present = {t for t, _ in vocab}
             special_tokens = [t for t in _DEFAULT_SPECIALS if t in present]
@@ -97,6 +109,7 @@ class WordPieceTokenizer:
             "continuing_subword_prefix": continuing_subword_prefix,
             "max_input_chars_per_word": int(max_input_chars_per_word),
             "add_special_tokens": bool(add_special_tokens),
+            "normalization": normalization,
         }
         self._vocab = vocab
         o = self._options
@@ -116,6 +129,7 @@ class WordPieceTokenizer:
                 special_tokens=o["special_tokens"],
                 max_length=0 if max_length is None else max_length,
                 add_special_tokens=o["add_special_tokens"],
+                pre_normalization=normalization,
             )
         except ValueError as e:
             raise ValueError(f"vocab: {e}") from None
@@ -149,7 +163,9 @@ class WordPieceTokenizer:
                    max_length=max_length, **options)
 
     @classmethod
-    def from_tokenizer_json(cls, path: str | os.PathLike, max_length: int | None = 64) -> WordPieceTokenizer:
+    def from_tokenizer_json(
+        cls, path: str | os.PathLike, max_length: int | None = 64, normalization: Sequence[str] = ()
+    ) -> WordPieceTokenizer:
         """A tokenizer from a HF ``tokenizer.json`` with a WordPiece model and a BertNormalizer.
 
         The file's own truncation/padding settings are ignored: ``max_length`` applies, and batches
@@ -198,6 +214,7 @@ class WordPieceTokenizer:
             special_tokens=specials,
             continuing_subword_prefix=model.get("continuing_subword_prefix", "##"),
             max_input_chars_per_word=int(model.get("max_input_chars_per_word", 100)),
+            normalization=normalization,
         )
 
     # ---- encoding -----------------------------------------------------------------------------
