@@ -333,6 +333,7 @@ def test_toy_encode_and_tokens(toy):
     assert toy.encode(b"caf\xc3\xa9") == toy.encode("café")
     assert toy.normalize("Ça\u00a0va") == "ca va"
     assert toy.decode([2, 5, 6, 7, 11, 8, 10, 3]) == "unaffable, ab"
+    assert toy.decode(np.array([[2, 5, 6, 7, 3, 0, 0]])) == "unaffable"  # padded row, numpy
     assert len(toy) == len(TOY) and toy.token_to_id("un") == 5 and toy.id_to_token(5) == "un"
     assert toy.token_to_id("zzz") is None
 

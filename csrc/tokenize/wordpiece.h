@@ -85,7 +85,7 @@ class WordPieceTokenizer {
   struct Workspace;
   void encode_into(std::string_view text, Workspace& ws, std::vector<int32_t>& ids) const;
   void pre_normalize(Workspace& ws) const;
-  // Appends the WordPiece ids of one pre-tokenized word; returns false if truncation says stop.
+  // Appends the WordPiece ids of one pre-tokenized word (one [UNK] if it cannot be segmented).
   void word_piece(std::u32string_view word, Workspace& ws, std::vector<int32_t>& ids) const;
 
   WordPieceOptions options_;

@@ -267,7 +267,8 @@ class WordPieceTokenizer:
         return [self._id_to_token[i] for i in self.encode(text)]
 
     def normalize(self, text: str | bytes) -> str:
-        """The BERT-normalised text (after clean, CJK padding, accent stripping and lowercase)."""
+        """The BERT-normalised text (clean, CJK padding, accent stripping, lowercase; not the
+        optional ``normalization`` steps, and before special tokens are cut out)."""
         if not isinstance(text, (str, bytes)):
             raise TypeError(f"text must be str or bytes, got {type(text).__name__}")
         return self._impl.normalize(text)
@@ -279,7 +280,8 @@ class WordPieceTokenizer:
             ValueError: an id is not in the vocab.
         """
         tokens = []
-        for i in np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids).reshape(-1).tolist():
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)  # numpy / torch / any iterable
+        for i in np.asarray(ids, dtype=np.int64).reshape(-1).tolist():
             if i not in self._id_to_token:
                 raise ValueError(f"ids: {i} is not a token id of this vocab")
             if skip_special_tokens and i in self._special_ids:
