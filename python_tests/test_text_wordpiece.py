@@ -243,6 +243,17 @@ def test_truncation_and_padding_match_hf(max_length):
 
 
 @needs_model
+@pytest.mark.parametrize("max_length", [None, 5])
+def test_without_special_tokens_matches_hf(max_length):
+    ours = WordPieceTokenizer.from_vocab(MODEL_DIR / "vocab.txt", max_length=max_length, add_special_tokens=False)
+    hf = _hf()
+    if max_length is not None:
+        hf.enable_truncation(max_length)
+    for text in HARD_STRINGS:
+        assert ours.encode(text) == hf.encode(text, add_special_tokens=False).ids, text
+
+
+@needs_model
 def test_decode_matches_hf(uncased):
     ours, hf = uncased
     for text in HARD_STRINGS[:60] + _corpus(50, seed=3):
