@@ -66,7 +66,7 @@ def _l2norm_fwd_kernel(
     safe_max = tl.where(row_max > 0, row_max, 1.0)
     scaled = x / safe_max[:, None]
     norm = tl.sqrt(tl.sum(scaled * scaled, axis=1)) * safe_max
-    inv_norm = 1.0 / tl.maximum(norm, eps)
+    inv_norm = 1.0 / tl.maximum(norm, eps, propagate_nan=tl.PropagateNan.ALL)
     y = x * inv_norm[:, None]
 
     tl.store(y_ptr + offs_b[:, None] * stride_yb + offs_d[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -105,7 +105,7 @@ def _l2norm_bwd_kernel(
     x = tl.load(x_ptr + offs_b[:, None] * stride_xb + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
     norm = tl.load(norm_ptr + offs_b, mask=mask_b, other=1.0)
 
-    inv_norm = 1.0 / tl.maximum(norm, eps)
+    inv_norm = 1.0 / tl.maximum(norm, eps, propagate_nan=tl.PropagateNan.ALL)
     y = x * inv_norm[:, None]
     # dx = r·(dy − y·(y·dy)) where the norm is not clamped; r·dy where it is.
     y_dot_grad = tl.sum(y * grad_y, axis=1)
