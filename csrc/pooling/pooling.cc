@@ -19,26 +19,44 @@ PoolMode parse_pool_mode(std::string_view name) {
                               std::string(name) + "'");
 }
 
-float half_to_float(uint16_t bits) {
-  // binary16: 1 sign bit, 5 exponent bits (bias 15), 10 mantissa bits.
-  const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
-  const uint32_t exponent = (bits >> 10) & 0x1fu;
-  const uint32_t mantissa = bits & 0x3ffu;
-  if (exponent == 0) {
-    // Zero or subnormal: value = mantissa * 2^-24, exact in float32.
-    const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
-    return sign ? -magnitude : magnitude;
-  }
-  uint32_t out;
-  if (exponent == 0x1fu) {
-    out = sign | 0x7f800000u | (mantissa << 13);  // inf, or NaN keeping its payload
-  } else {
-    out = sign | ((exponent + (127 - 15)) << 23) | (mantissa << 13);  // rebias the exponent
-  }
+namespace {
+
+float bits_to_float(uint32_t bits) {
   float value;
-  std::memcpy(&value, &out, sizeof(value));
+  std::memcpy(&value, &bits, sizeof(value));
   return value;
 }
+
+uint32_t float_to_bits(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  return bits;
+}
+
+// binary16 = 1 sign bit, 5 exponent bits (bias 15), 10 mantissa bits. Written with selects and no
+// branches so that the row loop calling it vectorises.
+inline float widen_half(uint16_t half) {
+  // Exponent and mantissa moved to their float32 positions (exponent still biased by 15).
+  const uint32_t shifted = static_cast<uint32_t>(half & 0x7fffu) << 13;
+  const uint32_t exponent = half & 0x7c00u;
+  // Normal numbers: rebias the exponent, 15 -> 127. Inf/NaN (exponent 31): move it to 255, which
+  // keeps a NaN's payload.
+  const uint32_t normal = shifted + ((127u - 15u) << 23);
+  const uint32_t inf_nan = shifted + ((255u - 31u) << 23);
+  // Subnormals (exponent 0): mantissa * 2^-24 = (1 + mantissa/1024) * 2^-14 - 2^-14, computed
+  // exactly in float32 by giving the mantissa the exponent of 2^-14 and subtracting 2^-14.
+  const float subnormal = bits_to_float(shifted + (113u << 23)) - 6.103515625e-05f;
+  // Pick one of the three with all-ones/all-zeros masks (a ternary here stops GCC vectorising).
+  const uint32_t is_subnormal = 0u - static_cast<uint32_t>(exponent == 0);
+  const uint32_t is_inf_nan = 0u - static_cast<uint32_t>(exponent == 0x7c00u);
+  const uint32_t finite_or_inf = (normal & ~is_inf_nan) | (inf_nan & is_inf_nan);
+  const uint32_t magnitude = (finite_or_inf & ~is_subnormal) | (float_to_bits(subnormal) & is_subnormal);
+  return bits_to_float(magnitude | (static_cast<uint32_t>(half & 0x8000u) << 16));
+}
+
+}  // namespace
+
+float half_to_float(uint16_t bits) { return widen_half(bits); }
 
 namespace {
 
@@ -60,7 +78,7 @@ struct RowReader<uint16_t> {
   int64_t hidden;
   const float* row(size_t offset, std::vector<float>& scratch) const {
     const uint16_t* src = data + offset;
-    for (int64_t h = 0; h < hidden; ++h) scratch[h] = half_to_float(src[h]);
+    for (int64_t h = 0; h < hidden; ++h) scratch[h] = widen_half(src[h]);
     return scratch.data();
   }
 };
@@ -94,9 +112,12 @@ void pool_typed(const Emb* embeddings, const Mask* mask, int64_t batch, int64_t 
           if (need_sum)
             for (size_t h = 0; h < H; ++h) sum[h] += x[h];
           if (need_max)
-            for (size_t h = 0; h < H; ++h)
-              // NaN sticks once seen (as torch.amax): `x > NaN` is false for any later x.
-              if (x[h] > best[h] || std::isnan(x[h])) best[h] = x[h];
+            for (size_t h = 0; h < H; ++h) {
+              // NaN sticks once seen (as torch.amax): `v > NaN` is false for any later v. A select,
+              // not a branch, so that the loop vectorises.
+              const float v = x[h], b_h = best[h];
+              best[h] = (v > b_h) | (v != v) ? v : b_h;
+            }
         }
       }
       // mean divides by max(n, 1e-9) as sentence-transformers does; sqrt of the same clamp keeps
