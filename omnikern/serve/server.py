@@ -170,6 +170,7 @@ class TritonServer:
         self._lock = threading.Lock()
         self.startup_s: float | None = None  # seconds from spawn to ready, for reports
         self.last_pid: int | None = None  # the latest server process (= its group), also once stopped
+        self._shm_before: set[str] = set()
 
     # ------------------------------------------------------------------ properties
 
@@ -289,6 +290,7 @@ class TritonServer:
             f"--exit-timeout-secs={max(1, int(self.stop_timeout_s))}",
             *self.extra_args,
         ]
+        self._shm_before = set(_all_shm_regions())
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child, closed right after
         try:
             self._spawned_at = time.monotonic()
@@ -371,8 +373,12 @@ class TritonServer:
                 time.sleep(0.05)
             if _group_alive(pgid):
                 _signal_group(pgid, signal.SIGKILL)
-            # A graceful stop unlinks the stubs' shared-memory regions; a killed one leaves them.
-            for region in regions:
+            # A graceful stop unlinks the stubs' shared-memory regions; a killed stub, or a server
+            # that exits on its own after a failed load (seen once), can leave them. Remove ours, and
+            # any region that appeared since our spawn and that no live process maps any more.
+            appeared = set(_all_shm_regions()) - self._shm_before
+            orphans = appeared - _mapped_shm_regions() if appeared else set()
+            for region in set(regions) | orphans:
                 Path("/dev/shm", region).unlink(missing_ok=True)
             _RUNNING.discard(self)
         if remove_work_dir and self._given_work_dir is None and self._work_dir is not None:
@@ -423,9 +429,35 @@ def _shm_regions(pgid: int) -> list[str]:
             continue
         if len(args) > 2 and args[0].endswith(b"triton_python_backend_stub"):
             name = args[2].decode(errors="replace")
-            if name.startswith("triton_python_backend_shm_region") and "/" not in name:
+            if name.startswith(_SHM_PREFIX) and "/" not in name:
                 regions.append(name)
     return regions
+
+
+_SHM_PREFIX = "triton_python_backend_shm_region"
+
+
+def _all_shm_regions() -> list[str]:
+    try:
+        return [name for name in os.listdir("/dev/shm") if name.startswith(_SHM_PREFIX)]
+    except OSError:
+        return []
+
+
+def _mapped_shm_regions() -> set[str]:
+    """Python-backend regions some live process still maps (from every readable /proc/*/maps)."""
+    mapped = set()
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/maps", "rb") as handle:
+                for line in handle:
+                    if _SHM_PREFIX.encode() in line:
+                        mapped.add(os.path.basename(line.split()[-1].decode(errors="replace")))
+        except OSError:
+            continue
+    return mapped
 
 
 def _group_alive(pgid: int) -> bool:
