@@ -38,7 +38,6 @@ import sysconfig
 import tempfile
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,8 +116,9 @@ def _set_parent_death_signal() -> None:
         pass
 
 
-# Servers started by this process that are still running: stopped at interpreter exit.
-_RUNNING: weakref.WeakSet[TritonServer] = weakref.WeakSet()
+# Servers started by this process and not stopped yet: stopped at interpreter exit. A strong set, so
+# that dropping the last reference to a running server cannot orphan its process group.
+_RUNNING: set[TritonServer] = set()
 
 
 @atexit.register
