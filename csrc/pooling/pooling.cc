@@ -1,5 +1,6 @@
 #include "pooling/pooling.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -95,7 +96,10 @@ void pool_typed(const Emb* embeddings, const Mask* mask, int64_t batch, int64_t 
   const size_t out_stride = H * modes.size();
   const RowReader<Emb> reader{embeddings, hidden};
 
-  parallel_for(static_cast<size_t>(batch), num_threads, 1, [&](size_t begin, size_t end) {
+  // Starting a thread costs tens of microseconds: give each one at least ~64k elements of work, so
+  // that the small batches of online serving stay on the calling thread.
+  const size_t min_rows = std::max<size_t>(1, (size_t{1} << 16) / std::max<size_t>(1, L * H));
+  parallel_for(static_cast<size_t>(batch), num_threads, min_rows, [&](size_t begin, size_t end) {
     std::vector<float> scratch(H), sum(H), best(H);
     for (size_t b = begin; b < end; ++b) {
       const Mask* mask_row = mask + b * L;

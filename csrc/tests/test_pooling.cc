@@ -89,7 +89,8 @@ static void test_nan_handling() {
 }
 
 static void test_thread_invariance() {
-  const int64_t B = 37, L = 11, H = 13;
+  // L * H large enough that pool() really splits the batch over threads (>= 64k elements each).
+  const int64_t B = 37, L = 33, H = 1000;
   std::vector<float> x(B * L * H);
   std::vector<int64_t> mask(B * L);
   uint32_t state = 12345;
