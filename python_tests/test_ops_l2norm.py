@@ -159,3 +159,20 @@ def test_fake_tensor_shapes():
 def test_bad_input(kwargs, error, match):
     with pytest.raises(error, match=match):
         l2_normalize(**kwargs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, tol", DTYPES)
+def test_gpu_large_rows_and_widths(dtype, tol):
+    """Sizes the interpreter cannot afford: many programs, rows up to the fused-block limit."""
+    for shape in [(65537, 256), (3, 32768), (1000, 1000)]:
+        _check(torch.randn(shape, device="cuda", dtype=dtype), "triton", tol)
+
+
+@pytest.mark.gpu
+def test_gpu_compile_inductor_with_triton_around_the_op():
+    x = torch.randn(64, 96, device="cuda")
+    w = torch.randn(96, 128, device="cuda", requires_grad=True)
+    compiled = torch.compile(lambda a, b: l2_normalize(torch.relu(a @ b)).square().sum(), fullgraph=True)
+    expected = l2_normalize_ref(torch.relu(x @ w.detach())).square().sum()
+    assert_close_verbose(compiled(x, w).detach(), expected, atol=1e-4, rtol=1e-4)
