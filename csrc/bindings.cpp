@@ -13,6 +13,7 @@
 #include "common/parallel.h"
 #include "tokenize/wordpiece.h"
 #include "unicode/unicode.h"
+#include "pooling/pooling.h"
 
 namespace py = pybind11;
 
@@ -133,6 +134,70 @@ py::tuple wordpiece_encode_batch(const omnikern::WordPieceTokenizer& tok, const 
 
 }  // namespace
 // ---- end wordpiece + unicode (helpers) ----
+// ---- pooling ----
+namespace {
+
+// Checks `arr` is C-contiguous with native byte order and `ndim` dimensions; the Python wrapper
+// copies other layouts before calling, direct callers get a ValueError naming the argument.
+void check_plain_array(const py::array& arr, const char* arg_name, py::ssize_t ndim) {
+  if (arr.ndim() != ndim)
+    throw std::invalid_argument(std::string(arg_name) + " must have " + std::to_string(ndim) +
+                                " dimensions, got " + std::to_string(arr.ndim()));
+  if (!(arr.flags() & py::array::c_style))
+    throw std::invalid_argument(std::string(arg_name) + " must be C-contiguous (use np.ascontiguousarray)");
+  if (!arr.dtype().attr("isnative").cast<bool>())
+    throw std::invalid_argument(std::string(arg_name) + " must have native byte order");
+}
+
+std::string dtype_name(const py::array& arr) { return py::str(arr.dtype()).cast<std::string>(); }
+
+py::array_t<float> pool_arrays(const py::array& token_embeddings, const py::array& attention_mask,
+                               const std::vector<std::string>& modes, int num_threads) {
+  check_plain_array(token_embeddings, "token_embeddings", 3);
+  check_plain_array(attention_mask, "attention_mask", 2);
+  const char kind = token_embeddings.dtype().kind();
+  const py::ssize_t size = token_embeddings.itemsize();
+  omnikern::EmbeddingType emb_type;
+  if (kind == 'f' && size == 4) {
+    emb_type = omnikern::EmbeddingType::kFloat32;
+  } else if (kind == 'f' && size == 2) {
+    emb_type = omnikern::EmbeddingType::kFloat16;
+  } else {
+    throw py::type_error("token_embeddings must be float32 or float16, got " + dtype_name(token_embeddings));
+  }
+  const char mask_kind = attention_mask.dtype().kind();
+  const py::ssize_t mask_size = attention_mask.itemsize();
+  omnikern::MaskType mask_type;
+  if (mask_kind == 'i' && mask_size == 8) {
+    mask_type = omnikern::MaskType::kInt64;
+  } else if (mask_kind == 'i' && mask_size == 4) {
+    mask_type = omnikern::MaskType::kInt32;
+  } else if ((mask_kind == 'b' || mask_kind == 'u') && mask_size == 1) {
+    mask_type = omnikern::MaskType::kUInt8;
+  } else {
+    throw py::type_error("attention_mask must be int64, int32, bool or uint8, got " + dtype_name(attention_mask));
+  }
+  const py::ssize_t B = token_embeddings.shape(0), L = token_embeddings.shape(1), H = token_embeddings.shape(2);
+  if (attention_mask.shape(0) != B || attention_mask.shape(1) != L)
+    throw std::invalid_argument("attention_mask must have shape (B, L) = (" + std::to_string(B) + ", " +
+                                std::to_string(L) + ") to match token_embeddings, got (" +
+                                std::to_string(attention_mask.shape(0)) + ", " +
+                                std::to_string(attention_mask.shape(1)) + ")");
+  std::vector<omnikern::PoolMode> parsed;
+  for (const std::string& name : modes) parsed.push_back(omnikern::parse_pool_mode(name));
+  py::array_t<float> out({B, H * static_cast<py::ssize_t>(parsed.size())});
+  const void* emb_ptr = token_embeddings.data();
+  const void* mask_ptr = attention_mask.data();
+  float* out_ptr = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    omnikern::pool(emb_ptr, emb_type, mask_ptr, mask_type, B, L, H, parsed, out_ptr, num_threads);
+  }
+  return out;
+}
+
+}  // namespace
+// ---- end pooling ----
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "omnikern C++ extension: text processing, hashing and CPU scoring on plain buffers";
@@ -246,4 +311,12 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("cls_id", &omnikern::WordPieceTokenizer::cls_id)
       .def_property_readonly("sep_id", &omnikern::WordPieceTokenizer::sep_id);
   // ---- end wordpiece + unicode ----
+
+  // ---- pooling ----
+  m.def("pool", &pool_arrays, py::arg("token_embeddings"), py::arg("attention_mask"), py::arg("modes"),
+        py::arg("num_threads") = 0,
+        "float32 (B, H * len(modes)) from C-contiguous token_embeddings (B, L, H) float32/float16 and "
+        "attention_mask (B, L) int64/int32/bool/uint8 (nonzero = attend); modes from 'cls', 'mean', "
+        "'mean_sqrt', 'max', concatenated in order. Releases the GIL; identical for any num_threads.");
+  // ---- end pooling ----
 }

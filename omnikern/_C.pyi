@@ -55,3 +55,11 @@ class WordPieceTokenizer:
     def cls_id(self) -> int: ...
     @property
     def sep_id(self) -> int: ...
+
+# ---- pooling ----
+def pool(
+    token_embeddings: npt.NDArray[np.float32] | npt.NDArray[np.float16],
+    attention_mask: npt.NDArray[np.generic],
+    modes: Sequence[str],
+    num_threads: int = 0,
+) -> npt.NDArray[np.float32]: ...
