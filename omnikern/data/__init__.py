@@ -1,3 +1,5 @@
 """The recipe catalogue, query construction and synthetic batches (issue: model and trainer)."""
 
-__all__: list[str] = []
+from omnikern.data.recipes import CatalogueNotInstalledError, Recipe, load_recipes
+
+__all__ = ["CatalogueNotInstalledError", "Recipe", "load_recipes"]
