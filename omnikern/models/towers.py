@@ -677,3 +677,25 @@ class OmniSearchSage(nn.Module):
             details[name] = result
         total = torch.stack([v.float() for v in losses.values()]).sum() / len(losses)
         return ModelOutput(total=total, losses=losses, details=details)
+
+
+def build_recipe_model(
+    query_tower: nn.Module,
+    loss: Callable[..., object],
+    legacy_dim: int = LEGACY_DIM,
+    bag: HashEmbeddingBag | None = None,
+    text_fields: Sequence[str] = ("title", "category", "ingredients", "steps"),
+    hidden: Sequence[int] = MLP_HIDDEN,
+    output_dim: int = EMBEDDING_DIM,
+    output_dtype: torch.dtype | None = None,
+) -> OmniSearchSage:
+    """Returns the container for the recipe catalogue: ``("query", "learned")`` = ``query_tower``;
+    ``("item", "learned")`` = a :class:`LearnedItemTower` on the recipe text fields and the legacy
+    vector (MLP ``256 + legacy_dim → 1024 → 1024 → output_dim`` by default); ``("item", "fixed")`` =
+    a :class:`FixedTower` on the legacy vector (feature ``"legacy"``). ``output_dim`` must equal the
+    query tower's."""
+    item = LearnedItemTower(text_fields=text_fields, dense_features={"legacy": legacy_dim}, bag=bag, hidden=hidden,
+                            output_dim=output_dim, output_dtype=output_dtype)
+    towers = {QUERY_KEY: query_tower, ("item", LEARNED): item,
+              ("item", "fixed"): FixedTower("legacy", dim=legacy_dim, output_dtype=output_dtype)}
+    return OmniSearchSage(towers, loss)
