@@ -1,5 +1,6 @@
 """OmniSearchSage towers, the multi-tower container and the trainer (issue: model and trainer)."""
 
+from omnikern.models.evaluate import evaluate_exact, evaluate_topk
 from omnikern.models.towers import (
     FixedTower,
     HashEmbeddingBag,
@@ -8,6 +9,7 @@ from omnikern.models.towers import (
     OmniSearchSage,
     QueryTower,
     TaskBatch,
+    build_recipe_model,
 )
 
 __all__ = [
@@ -18,4 +20,7 @@ __all__ = [
     "OmniSearchSage",
     "QueryTower",
     "TaskBatch",
+    "build_recipe_model",
+    "evaluate_exact",
+    "evaluate_topk",
 ]
