@@ -136,6 +136,14 @@ def test_rules_on_a_toy_catalogue():
     assert len(qs.of_kind("known_item", "eval")) <= len(qs.eval_recipes)
 
 
+def test_known_item_max_words_caps_query_length():
+    recipes = _toy_catalogue()
+    qs = build_query_sets(recipes, QueryConfig(seed=1, min_category_size=3, known_item_max_words=2))
+    lengths = {len(q.text.split()) for q in qs.train + qs.eval if q.kind == "known_item"}
+    assert lengths == {2}
+    _check_invariants(qs, recipes)
+
+
 def test_build_is_deterministic_and_seed_dependent():
     recipes = _toy_catalogue()
     a = build_query_sets(recipes, QueryConfig(seed=3, min_category_size=3))
@@ -150,6 +158,8 @@ def test_bad_config_and_input():
         QueryConfig(eval_fraction=1.0)
     with pytest.raises(ValueError, match="known_item_per_recipe"):
         QueryConfig(known_item_per_recipe=-1)
+    with pytest.raises(ValueError, match="known_item_max_words"):
+        QueryConfig(known_item_max_words=0)
     with pytest.raises(ValueError, match="min_category_size"):
         QueryConfig(min_category_size=0)
     with pytest.raises(ValueError, match="ingredient_max_df"):

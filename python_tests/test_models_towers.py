@@ -320,6 +320,9 @@ def test_query_tower_bad_input():
         tower.encode(["a"])
     with pytest.raises(ValueError, match="attention_mask"):
         tower(torch.ones(2, 3, dtype=torch.int64), torch.ones(2, 4, dtype=torch.int64))
+    tower.tokenizer = object()
+    with pytest.raises(TypeError, match="texts"):
+        tower.tokenize("one string")
 
 
 @pytest.fixture(scope="module")

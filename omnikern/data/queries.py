@@ -20,7 +20,8 @@ Words
 Known-item queries (``kind="known_item"``)
     From each recipe's title content words ``w`` (``n = len(w)``): when ``n ≤ 2`` all of them, else
     ``k`` words with ``k`` uniform in ``[max(2, ⌈n/2⌉), n-1]`` (always partial); the chosen words are
-    a uniformly random sample, in random order (shuffled). Up to ``known_item_per_recipe`` distinct
+    a uniformly random sample, in random order (shuffled). ``known_item_max_words`` (default None:
+    no cap) caps ``k`` for harder, more ambiguous queries. Up to ``known_item_per_recipe`` distinct
     texts per train recipe and ``eval_known_item_per_recipe`` per eval recipe (``4×`` that many
     draws at most), from ``random.Random(f"{seed}:known_item:{key}")``. Relevant recipes: every
     recipe whose title content words include all the query's words (always the source recipe).
@@ -164,6 +165,7 @@ class QueryConfig:
     eval_fraction: float = 0.2
     known_item_per_recipe: int = 2
     eval_known_item_per_recipe: int = 1
+    known_item_max_words: int | None = None
     min_category_size: int = 5
     ingredient_per_recipe: int = 1
     ingredient_max_df: float = 0.05
@@ -177,6 +179,10 @@ class QueryConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        if self.known_item_max_words is not None and (
+            not isinstance(self.known_item_max_words, int) or self.known_item_max_words < 1
+        ):
+            raise ValueError(f"known_item_max_words must be None or a positive int, got {self.known_item_max_words!r}")
         if not isinstance(self.min_category_size, int) or self.min_category_size < 1:
             raise ValueError(f"min_category_size must be a positive int, got {self.min_category_size!r}")
         if not 0.0 < self.ingredient_max_df <= 1.0:
@@ -259,13 +265,15 @@ def split_recipes(num_recipes: int, eval_fraction: float, seed: int) -> tuple[tu
     return tuple(sorted(order[n_eval:])), tuple(sorted(order[:n_eval]))
 
 
-def _known_item_texts(title_words: list[str], count: int, rng: random.Random) -> list[str]:
+def _known_item_texts(title_words: list[str], count: int, rng: random.Random, max_words: int | None) -> list[str]:
     n = len(title_words)
     if n == 0 or count == 0:
         return []
     texts: list[str] = []
     for _ in range(4 * count):
         k = n if n <= 2 else rng.randint(max(2, math.ceil(n / 2)), n - 1)
+        if max_words is not None:
+            k = min(k, max_words)
         text = " ".join(rng.sample(title_words, k))
         if text not in texts:
             texts.append(text)
@@ -360,7 +368,7 @@ def build_query_sets(recipes: Sequence[Recipe], config: QueryConfig | None = Non
         side = is_eval[r]
         count = config.eval_known_item_per_recipe if side else config.known_item_per_recipe
         rng = random.Random(f"{seed}:known_item:{recipe.key}")
-        for text in _known_item_texts(title_words[r], count, rng):
+        for text in _known_item_texts(title_words[r], count, rng, config.known_item_max_words):
             key = ("known_item", text)
             if key not in intents:
                 intents[key] = set.intersection(*(by_title_word[w] for w in text.split()))
