@@ -187,7 +187,7 @@ def test_real_catalogue_query_sets(catalogue):
         "train_recipes": 2503, "eval_recipes": 626,
         "train_category": 45, "train_ingredient": 2270, "train_known_item": 4778, "train_positives": 11396,
         "eval_category": 40, "eval_ingredient": 574, "eval_known_item": 624, "eval_positives": 1542,
-        "train_pairs": 8592, "eval_pairs": 1112,
+        "train_pairs": 8592, "eval_pairs": 1111,
     }
     # Every eval recipe has a known-item query (titles with no content word would not).
     assert sizes["eval_known_item"] >= 0.99 * sizes["eval_recipes"]

@@ -416,6 +416,6 @@ def build_query_sets(recipes: Sequence[Recipe], config: QueryConfig | None = Non
         train=train,
         eval=evals,
         train_pairs=tuple(_query_pairs(train, config.max_pairs_per_recipe, recipes, seed)),
-        eval_pairs=tuple(_query_pairs(evals, config.max_pairs_per_recipe, recipes, seed + 1)),
+        eval_pairs=tuple(_query_pairs(evals, config.max_pairs_per_recipe, recipes, seed)),
         config=config,
     )
