@@ -304,6 +304,9 @@ def _lse_bwd_kernel(
             else:
                 lse = tl.load(lse_ptr + k * B + offs_l, mask=mask_l, other=0.0)[None, :]
                 grad_lse = tl.load(grad_lse_ptr + k * B + offs_l, mask=mask_l, other=0.0)[None, :]
+            # A row with every candidate masked has lse = −inf and no valid entry: shift it by 0 so that
+            # exp(z − lse) stays finite before the where (inf·0 would be NaN).
+            lse = tl.where(lse == float("-inf"), 0.0, lse)
             cosine = raw * ra[:, None] * rb[None, :]
             logit = scale * cosine - corr
             # g = γ · softmax: exp(z − lse), zero where masked (and where lse = −inf, nothing is valid).

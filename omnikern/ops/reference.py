@@ -61,9 +61,11 @@ def sampled_softmax_loss_ref(
     if candidates is None:
         candidates, candidate_ids, candidate_query_ids = pos, pos_ids, query_ids
     if dims is None:
-        dims = [d for d in DEFAULT_DIM_WEIGHTS if d <= query.shape[1]]
+        dims = list(DEFAULT_DIM_WEIGHTS)
     if dim_weights is None:
         dim_weights = [DEFAULT_DIM_WEIGHTS.get(d, 1.0) for d in dims]
+    # Prefixes longer than the embedding are skipped.
+    dims, dim_weights = zip(*[(d, w) for d, w in zip(dims, dim_weights) if d <= query.shape[1]])
     scale = log_scale.to(compute).exp()
     lowest = torch.finfo(compute).min
 
