@@ -108,3 +108,49 @@ def sampled_softmax_loss_ref(
             components[f"{term}@{dim}"] = value
             total = total + dim_weight * value
     return total, components
+
+
+# ---- count-min sketch ----
+
+COUNT_MIN_SEED = 19980115
+
+
+def count_min_multipliers_ref(depth: int, seed: int = COUNT_MIN_SEED) -> list[int]:
+    """The hash multipliers ``a_i``: ``random.Random(seed).randint(1, 2**63 − 1)``, drawn in order."""
+    import random
+
+    rng = random.Random(seed)
+    return [rng.randint(1, 2**63 - 1) for _ in range(depth)]
+
+
+def _wrap_int64(value: int) -> int:
+    """Python int -> the int64 it wraps to (two's complement)."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def count_min_bucket_ref(x: int, multiplier: int, width: int) -> int:
+    """Bucket of id ``x`` in the row with ``multiplier``: ``h = x·a`` (int64 wrap), ``h += h >> 32``
+    (arithmetic shift, int64 wrap), ``h &= 2**31 − 1``, ``h mod width``; plain Python ints."""
+    h = _wrap_int64(_wrap_int64(x) * multiplier)
+    h = _wrap_int64(h + (h >> 32))
+    return (h & (2**31 - 1)) % width
+
+
+class CountMinSketchRef:
+    """A straightforward count-min sketch on Python lists: the truth for ``omnikern.CountMinSketch``."""
+
+    def __init__(self, width: int, depth: int, seed: int = COUNT_MIN_SEED) -> None:
+        self.width = width
+        self.multipliers = count_min_multipliers_ref(depth, seed)
+        self.counts = [[0] * width for _ in range(depth)]
+        self.num_seen = 0
+
+    def update(self, ids: list[int]) -> None:
+        for x in ids:
+            for row, a in zip(self.counts, self.multipliers):
+                row[count_min_bucket_ref(x, a, self.width)] += 1
+        self.num_seen += len(ids)
+
+    def query(self, ids: list[int]) -> list[int]:
+        return [min(row[count_min_bucket_ref(x, a, self.width)] for row, a in zip(self.counts, self.multipliers)) for x in ids]
