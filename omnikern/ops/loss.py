@@ -269,7 +269,6 @@ def _lse_bwd_kernel(
 
     grad_acc = tl.zeros((BLOCK_A, BLOCK_DO), tl.float32)
     grad_r_all = tl.zeros((BLOCK_A, P_PAD), tl.float32)
-    grad_scale_rows = tl.zeros((BLOCK_A,), tl.float32)
 
     for l0 in range(0, LOOP, BLOCK_LOOP):
         offs_l = (l0 + tl.arange(0, BLOCK_LOOP)).to(tl.int64)
@@ -307,12 +306,12 @@ def _lse_bwd_kernel(
             # A row with every candidate masked has lse = −inf and no valid entry: shift it by 0 so that
             # exp(z − lse) stays finite before the where (inf·0 would be NaN).
             lse = tl.where(lse == float("-inf"), 0.0, lse)
-            cosine = raw * ra[:, None] * rb[None, :]
-            logit = scale * cosine - corr
+            logit = raw * (scale * ra)[:, None] * rb[None, :] - corr
             # g = γ · softmax: exp(z − lse), zero where masked (and where lse = −inf, nothing is valid).
             g = tl.where(valid, grad_lse * tl.exp(logit - lse), 0.0)
-            grad_scale_rows += tl.sum(g * cosine, axis=1) * scale
-            grad_r = tl.sum(g * raw * rb[None, :], axis=1) * scale
+            weighted = g * rb[None, :]
+            # ∂L/∂r_k(a) = s · Σ_loop g · raw · r_k(b)
+            grad_r = tl.sum(weighted * raw, axis=1) * scale
             grad_r_all += tl.where(prefix[None, :] == k, grad_r[:, None], 0.0)
             # ∂L/∂a[:d_k] += s·r_k(a) · (g · r_k(b)) @ b[:d_k], for this program's D chunk only.
             # g·r_k(b) stays fp32 (probabilities times 1/B underflow fp16), so b is upcast too.
@@ -321,7 +320,6 @@ def _lse_bwd_kernel(
                 mask=mask_l[:, None] & (offs_do[None, :] < hi),
                 other=0.0,
             ).to(tl.float32)
-            weighted = g * rb[None, :]
             if IEEE:
                 part = tl.dot(weighted, b_chunk, input_precision="ieee")
             else:
@@ -342,6 +340,9 @@ def _lse_bwd_kernel(
         mask=first & mask_a[:, None] & (prefix[None, :] < NUM_P),
     )
     if A_IS_QUERY:
+        # ∂L/∂t = s·Σ g · raw · r(q) r(c) = Σ_k ∂L/∂r_k(q_i) · r_k(q_i), per row.
+        ra_all = tl.load(ra_ptr + prefix[None, :] * A + offs_a[:, None], mask=mask_a[:, None] & (prefix[None, :] < NUM_P), other=0.0)
+        grad_scale_rows = tl.sum(grad_r_all * ra_all, axis=1)
         tl.store(grad_scale_ptr + offs_a, grad_scale_rows, mask=first & mask_a)
 
 
@@ -425,7 +426,8 @@ def _lse_bwd_triton(grad_lse, lse, q, c, rq, rc, log_scale, corr, row_pos_ids, r
 
 
 def _torch_tiles(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds, use_qmask):
-    """Yields (rows, cols, k, raw_k, logit_k, valid) for every tile and prefix, in compute dtype."""
+    """Yields (rows, cols, k, raw_k, logit_k, q_tile, c_tile, scale) for every tile and prefix, in
+    the compute dtype; masked logits are −inf. ``logit_k`` is a fresh tensor the caller may modify."""
     compute = rq.dtype
     scale = log_scale.to(compute).exp()
     B, N = q.shape[0], c.shape[0]
@@ -435,23 +437,23 @@ def _torch_tiles(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids,
         for c0 in range(0, N, CHUNK_COLS):
             cols = slice(c0, min(c0 + CHUNK_COLS, N))
             c_tile = c[cols].to(compute)
-            valid = col_ids[None, cols] != row_pos_ids[rows, None]
+            masked = col_ids[None, cols] == row_pos_ids[rows, None]
             if use_qmask:
-                valid &= col_q_ids[None, cols] != row_q_ids[rows, None]
+                masked |= col_q_ids[None, cols] == row_q_ids[rows, None]
             raw = torch.zeros((q_tile.shape[0], c_tile.shape[0]), dtype=compute, device=q.device)
             for k in range(len(bounds) - 1):
                 lo, hi = bounds[k], bounds[k + 1]
-                raw = raw + q_tile[:, lo:hi] @ c_tile[:, lo:hi].T
-                logit = scale * raw * rq[k, rows, None] * rc[k, None, cols] - corr[None, cols].to(compute)
-                yield rows, cols, k, raw, logit, valid, q_tile, c_tile, scale
+                raw = raw.addmm_(q_tile[:, lo:hi], c_tile[:, lo:hi].T)
+                logit = raw * (scale * rq[k, rows, None])
+                logit.mul_(rc[k, None, cols]).sub_(corr[None, cols].to(compute)).masked_fill_(masked, float("-inf"))
+                yield rows, cols, k, raw, logit, q_tile, c_tile, scale
 
 
 def _lse_fwd_torch(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds, use_qmask):
     lse = torch.full((len(bounds) - 1, q.shape[0]), float("-inf"), dtype=rq.dtype, device=q.device)
     tiles = _torch_tiles(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds, use_qmask)
-    for rows, _, k, _, logit, valid, *_ in tiles:
-        tile_lse = torch.logsumexp(logit.masked_fill(~valid, float("-inf")), dim=1)
-        lse[k, rows] = torch.logaddexp(lse[k, rows], tile_lse)
+    for rows, _, k, _, logit, *_ in tiles:
+        lse[k, rows] = torch.logaddexp(lse[k, rows], torch.logsumexp(logit, dim=1))
     return lse
 
 
@@ -461,18 +463,24 @@ def _lse_bwd_torch(grad_lse, lse, q, c, rq, rc, log_scale, corr, row_pos_ids, ro
     grad_c = torch.zeros(c.shape, dtype=compute, device=q.device)
     grad_rq = torch.zeros_like(rq)
     grad_rc = torch.zeros_like(rc)
-    grad_log_scale = torch.zeros((), dtype=compute, device=q.device)
     grad_lse = grad_lse.to(compute)
+    # Rows with every candidate masked have lse = −inf and only −inf logits: shift them by 0 so that
+    # exp(−inf − 0) = 0 rather than exp(−inf + inf) = NaN.
+    lse = lse.masked_fill(lse == float("-inf"), 0.0)
     tiles = _torch_tiles(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds, use_qmask)
-    for rows, cols, k, raw, logit, valid, q_tile, c_tile, scale in tiles:
+    for rows, cols, k, raw, logit, q_tile, c_tile, scale in tiles:
         hi = bounds[k + 1]
-        # g = γ · exp(z − lse); the where keeps −inf − (−inf) of all-masked rows out.
-        g = torch.where(valid, grad_lse[k, rows, None] * (logit - lse[k, rows, None]).exp(), 0.0)
-        grad_rq[k, rows] += scale * (g * raw * rc[k, None, cols]).sum(1)
-        grad_rc[k, cols] += scale * (g * raw * rq[k, rows, None]).sum(0)
-        grad_log_scale += scale * (g * raw * rq[k, rows, None] * rc[k, None, cols]).sum()
-        grad_q[rows, :hi] += (scale * rq[k, rows, None]) * ((g * rc[k, None, cols]) @ c_tile[:, :hi])
-        grad_c[cols, :hi] += (scale * rc[k, cols, None]) * ((g * rq[k, rows, None]).T @ q_tile[:, :hi])
+        # g = γ · exp(z − lse), in place in the logit buffer (masked entries: exp(−inf) = 0).
+        g = logit.sub_(lse[k, rows, None]).exp_().mul_(grad_lse[k, rows, None])
+        # ∂L/∂r(q) = s·(g ∘ raw) r(c),  ∂L/∂r(c) = s·(g ∘ raw)ᵀ r(q): two mat-vecs, no more B × N work.
+        g_raw = g * raw
+        grad_rq[k, rows] += scale * (g_raw @ rc[k, cols])
+        grad_rc[k, cols] += scale * (g_raw.T @ rq[k, rows])
+        # ∂L/∂q[:d_k] = s·r(q) ∘ (g @ (r(c) ∘ c[:d_k])): the scales go on the (N, D) side, not on g.
+        grad_q[rows, :hi] += (scale * rq[k, rows, None]) * (g @ (rc[k, cols, None] * c_tile[:, :hi]))
+        grad_c[cols, :hi] += (scale * rc[k, cols, None]) * (g.T @ (rq[k, rows, None] * q_tile[:, :hi]))
+    # ∂L/∂t = s·Σ g ∘ raw ∘ r(q) r(c)ᵀ = Σ_k Σ_i ∂L/∂r_k(q_i) · r_k(q_i).
+    grad_log_scale = (grad_rq * rq).sum()
     return grad_q.to(q.dtype), grad_c.to(c.dtype), grad_rq, grad_rc, grad_log_scale.to(log_scale.dtype).reshape(log_scale.shape)
 
 
