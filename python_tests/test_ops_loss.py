@@ -150,6 +150,14 @@ def test_shapes(B, R, D, impl):
     check(make_batch(B=B, R=R, D=D), impl, dims=[D])
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_wide_embeddings_split_over_d_chunks(impl):
+    """D = 150 > the backward's D chunk (128 under the interpreter): gradients come from two chunk
+    programs, and the 64-prefix contributes to the first chunk only."""
+    batch = make_batch(B=9, R=7, D=150)
+    check(batch, impl, dims=[64, 150], dim_weights=[0.5, 1.0], **logq_for(batch))
+
+
 def test_chunked_torch_path_uses_several_chunks(monkeypatch):
     """Tiny chunks, so the online log-sum-exp and the tiled backward cross chunk boundaries."""
     monkeypatch.setattr(loss_mod, "CHUNK_ROWS", 5)

@@ -315,16 +315,18 @@ def _lse_bwd_kernel(
             grad_r_all += tl.where(prefix[None, :] == k, grad_r[:, None], 0.0)
             # ∂L/∂a[:d_k] += s·r_k(a) · (g · r_k(b)) @ b[:d_k], for this program's D chunk only.
             # g·r_k(b) stays fp32 (probabilities times 1/B underflow fp16), so b is upcast too.
-            b_chunk = tl.load(
-                b_ptr + offs_l[:, None] * stride_b + offs_do[None, :],
-                mask=mask_l[:, None] & (offs_do[None, :] < hi),
-                other=0.0,
-            ).to(tl.float32)
-            if IEEE:
-                part = tl.dot(weighted, b_chunk, input_precision="ieee")
-            else:
-                part = tl.dot(weighted, b_chunk)
-            grad_acc += (scale * ra)[:, None] * part
+            # D chunks past this prefix get nothing from it.
+            if pid_d * BLOCK_DO < hi:
+                b_chunk = tl.load(
+                    b_ptr + offs_l[:, None] * stride_b + offs_do[None, :],
+                    mask=mask_l[:, None] & (offs_do[None, :] < hi),
+                    other=0.0,
+                ).to(tl.float32)
+                if IEEE:
+                    part = tl.dot(weighted, b_chunk, input_precision="ieee")
+                else:
+                    part = tl.dot(weighted, b_chunk)
+                grad_acc += (scale * ra)[:, None] * part
 
     mask_do = offs_do < D
     tl.store(
@@ -353,11 +355,17 @@ def _lse_bwd_kernel(
 
 def _blocks(D: int) -> tuple[int, int, int, int]:
     """(BLOCK_ROWS, BLOCK_LOOP, BLOCK_D, BLOCK_DO): tiles of rows, candidates, the D loop, the D chunk."""
-    block_do = max(16, min(128, _triton.next_power_of_2(D)))
     if _triton.interpreting():
-        # The interpreter charges per step: big tiles, few steps.
-        return 32, 32, 32, block_do
-    return 64, 64, 32, block_do
+        # The interpreter charges per step: big tiles, few steps. D chunks of 128 so that the tests
+        # (D = 150) cover a backward split over several chunks.
+        return 32, 32, 32, max(16, min(128, _triton.next_power_of_2(D)))
+    # One D chunk up to D = 256, so the backward recomputes each logit tile once per kernel.
+    return 64, 64, 64, max(16, min(256, _triton.next_power_of_2(D)))
+
+
+def _prefix_pad(num_p: int) -> int:
+    # The per-prefix state is a (rows, P_PAD) tile; keep it at least 2 wide (no 1-wide aranges).
+    return max(2, _triton.next_power_of_2(num_p))
 
 
 def _dot_flags(dtype: torch.dtype) -> dict:
@@ -379,7 +387,7 @@ def _lse_fwd_triton(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_i
     _lse_fwd_kernel[grid](
         q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds_t, lse,
         B, N, q.stride(0), c.stride(0),
-        NUM_P=num_p, P_PAD=_triton.next_power_of_2(num_p), USE_QMASK=use_qmask,
+        NUM_P=num_p, P_PAD=_prefix_pad(num_p), USE_QMASK=use_qmask,
         BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4, **_dot_flags(q.dtype),
     )  # fmt: skip
     return lse
@@ -399,8 +407,8 @@ def _lse_bwd_triton(grad_lse, lse, q, c, rq, rc, log_scale, corr, row_pos_ids, r
         block_rows, block_loop, block_d, block_do = _blocks(D)
         grad_lse = grad_lse.contiguous().float()
         common = dict(
-            NUM_P=num_p, P_PAD=_triton.next_power_of_2(num_p), USE_QMASK=use_qmask,
-            BLOCK_D=block_d, BLOCK_DO=block_do, num_warps=4, **_dot_flags(q.dtype),
+            NUM_P=num_p, P_PAD=_prefix_pad(num_p), USE_QMASK=use_qmask, BLOCK_D=block_d, BLOCK_DO=block_do,
+            num_warps=8 if block_do >= 256 else 4, **_dot_flags(q.dtype),
         )  # fmt: skip
         ids = (row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds_t, lse, grad_lse)
         grid_q = (triton.cdiv(B, block_rows), triton.cdiv(D, block_do))
