@@ -434,7 +434,7 @@ def _lse_bwd_triton(grad_lse, lse, q, c, rq, rc, log_scale, corr, row_pos_ids, r
 
 
 def _torch_tiles(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds, use_qmask):
-    """Yields (rows, cols, k, raw_k, logit_k, q_tile, c_tile, scale) for every tile and prefix, in
+    """Yields (rows, cols, k, logit_k, q_tile, c_tile, scale) for every tile and prefix, in
     the compute dtype; masked logits are −inf. ``logit_k`` is a fresh tensor the caller may modify."""
     compute = rq.dtype
     scale = log_scale.to(compute).exp()
@@ -448,19 +448,29 @@ def _torch_tiles(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids,
             masked = col_ids[None, cols] == row_pos_ids[rows, None]
             if use_qmask:
                 masked |= col_q_ids[None, cols] == row_q_ids[rows, None]
+            neg_corr = -corr[None, cols].to(compute)
+            if len(bounds) == 2:
+                # One prefix: fold the scales into the (rows, D) and (cols, D) operands, so the
+                # matmul writes the finished logits (no (rows, cols) passes for the scaling).
+                hi = bounds[1]
+                q_scaled = q_tile[:, :hi] * (scale * rq[0, rows, None])
+                c_scaled = c_tile[:, :hi] * rc[0, cols, None]
+                logit = torch.addmm(neg_corr, q_scaled, c_scaled.T).masked_fill_(masked, float("-inf"))
+                yield rows, cols, 0, logit, q_tile, c_tile, scale
+                continue
             raw = torch.zeros((q_tile.shape[0], c_tile.shape[0]), dtype=compute, device=q.device)
             for k in range(len(bounds) - 1):
                 lo, hi = bounds[k], bounds[k + 1]
                 raw = raw.addmm_(q_tile[:, lo:hi], c_tile[:, lo:hi].T)
                 logit = raw * (scale * rq[k, rows, None])
-                logit.mul_(rc[k, None, cols]).sub_(corr[None, cols].to(compute)).masked_fill_(masked, float("-inf"))
-                yield rows, cols, k, raw, logit, q_tile, c_tile, scale
+                logit.mul_(rc[k, None, cols]).add_(neg_corr).masked_fill_(masked, float("-inf"))
+                yield rows, cols, k, logit, q_tile, c_tile, scale
 
 
 def _lse_fwd_torch(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds, use_qmask):
     lse = torch.full((len(bounds) - 1, q.shape[0]), float("-inf"), dtype=rq.dtype, device=q.device)
     tiles = _torch_tiles(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds, use_qmask)
-    for rows, _, k, _, logit, *_ in tiles:
+    for rows, _, k, logit, *_ in tiles:
         lse[k, rows] = torch.logaddexp(lse[k, rows], torch.logsumexp(logit, dim=1))
     return lse
 
@@ -476,17 +486,19 @@ def _lse_bwd_torch(grad_lse, lse, q, c, rq, rc, log_scale, corr, row_pos_ids, ro
     # exp(−inf − 0) = 0 rather than exp(−inf + inf) = NaN.
     lse = lse.masked_fill(lse == float("-inf"), 0.0)
     tiles = _torch_tiles(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds, use_qmask)
-    for rows, cols, k, raw, logit, q_tile, c_tile, scale in tiles:
+    for rows, cols, k, logit, q_tile, c_tile, scale in tiles:
         hi = bounds[k + 1]
         # g = γ · exp(z − lse), in place in the logit buffer (masked entries: exp(−inf) = 0).
         g = logit.sub_(lse[k, rows, None]).exp_().mul_(grad_lse[k, rows, None])
-        # ∂L/∂r(q) = s·(g ∘ raw) r(c),  ∂L/∂r(c) = s·(g ∘ raw)ᵀ r(q): two mat-vecs, no more B × N work.
-        g_raw = g * raw
-        grad_rq[k, rows] += scale * (g_raw @ rc[k, cols])
-        grad_rc[k, cols] += scale * (g_raw.T @ rq[k, rows])
         # ∂L/∂q[:d_k] = s·r(q) ∘ (g @ (r(c) ∘ c[:d_k])): the scales go on the (N, D) side, not on g.
-        grad_q[rows, :hi] += (scale * rq[k, rows, None]) * (g @ (rc[k, cols, None] * c_tile[:, :hi]))
-        grad_c[cols, :hi] += (scale * rc[k, cols, None]) * (g.T @ (rq[k, rows, None] * q_tile[:, :hi]))
+        from_c = g @ (rc[k, cols, None] * c_tile[:, :hi])
+        from_q = g.T @ (rq[k, rows, None] * q_tile[:, :hi])
+        grad_q[rows, :hi] += (scale * rq[k, rows, None]) * from_c
+        grad_c[cols, :hi] += (scale * rc[k, cols, None]) * from_q
+        # ∂L/∂r(q_i) = s·Σ_j g_ij raw_ij r(c_j) = s·<q_i[:d_k], from_c_i>, since raw_ij = <q_i, c_j>:
+        # O(rows·D) from the matmul above instead of another pass over the (rows, cols) tile.
+        grad_rq[k, rows] += scale * (q_tile[:, :hi] * from_c).sum(1)
+        grad_rc[k, cols] += scale * (c_tile[:, :hi] * from_q).sum(1)
     # ∂L/∂t = s·Σ g ∘ raw ∘ r(q) r(c)ᵀ = Σ_k Σ_i ∂L/∂r_k(q_i) · r_k(q_i).
     grad_log_scale = (grad_rq * rq).sum()
     return grad_q.to(q.dtype), grad_c.to(c.dtype), grad_rq, grad_rc, grad_log_scale.to(log_scale.dtype).reshape(log_scale.shape)
