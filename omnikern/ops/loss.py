@@ -45,10 +45,19 @@ D loop runs segment by segment ``[d_{k−1}, d_k)`` and, at the end of each segm
   logit tile over the full D and accumulates its chunk of ``dq``, plus ``∂L/∂r(q)`` and the per-row
   temperature gradient (first chunk only).
 * backward, ``dc`` kernel: the same with rows and candidates swapped.
-No atomics; the logits are recomputed once per D chunk (one chunk for D ≤ 128).
+No atomics; each backward kernel recomputes the logits once per D chunk (one chunk for D ≤ 256
+on a GPU), so fwd+bwd costs about five B·N·D GEMMs against the materialised version's three, but
+moves O((B + N)·D) bytes instead of several B × N fp32 matrices. fp16/bf16 tiles go to ``tl.dot``
+as they are (fp32 accumulation); the gradient dots take fp32 ``g`` (tf32 on a GPU), because
+softmax probabilities times 1/B underflow fp16. fp32 inputs use IEEE fp32 dots (no tf32), exact
+but slow on tensor-core GPUs.
+
+Matryoshka cost: the logit GEMM runs once over D for every prefix, the exp/LSE work is per prefix,
+and each backward D chunk takes one gradient dot per prefix that reaches into it.
 
 On CPU without the interpreter a chunked torch path computes the same ``lse`` and gradients with
-``(CHUNK_ROWS, CHUNK_COLS)`` tiles, also never materialising B × N.
+``(CHUNK_ROWS, CHUNK_COLS)`` tiles (forward, then recomputed in backward), never materialising
+B × N either: its extra memory is a few CHUNK_ROWS × CHUNK_COLS tiles.
 
 NaN / inf: an input row with NaN or ±inf in a used prefix makes the loss NaN (in every
 implementation, as in the reference); nothing is checked on the host because that needs a sync.
