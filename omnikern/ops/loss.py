@@ -78,9 +78,11 @@ from omnikern.ops.reference import DEFAULT_DIM_WEIGHTS, NEG_MODES
 
 NORM_EPS = 1e-12  # F.normalize's default
 MAX_PREFIXES = 8
-# Chunk of the torch path: (rows, candidates) logits held at once, per prefix.
-CHUNK_ROWS = 1024
-CHUNK_COLS = 1024
+# Tile of the torch path: (rows, candidates) logits held at once. Big tiles on purpose: each torch
+# op has a fixed cost (a thread-pool round trip, milliseconds on a busy machine), so small tiles
+# are slow; 2048 × 4096 fp32 is 32 MB per tile buffer, a few of them live at a time.
+CHUNK_ROWS = 2048
+CHUNK_COLS = 4096
 
 # ----------------------------------------------------------------------------------------------
 # Kernels
@@ -482,7 +484,12 @@ def _lse_fwd_torch(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_id
     lse = torch.full((len(bounds) - 1, q.shape[0]), float("-inf"), dtype=rq.dtype, device=q.device)
     tiles = _torch_tiles(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds, use_qmask)
     for rows, _, k, logit, *_ in tiles:
-        lse[k, rows] = torch.logaddexp(lse[k, rows], torch.logsumexp(logit, dim=1))
+        # log-sum-exp in place in the tile buffer; rows with nothing unmasked (max = −inf) are
+        # shifted by 0 and give log 0 = −inf.
+        row_max = logit.amax(dim=1)
+        row_max = row_max.masked_fill_(row_max == float("-inf"), 0.0)
+        tile_lse = logit.sub_(row_max[:, None]).exp_().sum(dim=1).log_().add_(row_max)
+        lse[k, rows] = torch.logaddexp(lse[k, rows], tile_lse)
     return lse
 
 
