@@ -52,8 +52,11 @@ as they are (fp32 accumulation); the gradient dots take fp32 ``g`` (tf32 on a GP
 softmax probabilities times 1/B underflow fp16. fp32 inputs use IEEE fp32 dots (no tf32), exact
 but slow on tensor-core GPUs.
 
-Matryoshka cost: the logit GEMM runs once over D for every prefix, the exp/LSE work is per prefix,
-and each backward D chunk takes one gradient dot per prefix that reaches into it.
+Matryoshka cost: the logit GEMM runs once over D for every prefix, the exp/LSE work is per prefix.
+In the backward, a D chunk is four sub-chunks with an accumulator each: the prefixes covering the
+whole chunk sum their weight tiles and share one dot per sub-chunk, and a shorter prefix pays one
+dot per sub-chunk it reaches. For the published six prefixes at D = 512 that is 13 sub-chunk dots
+against 8 for the 512-d loss alone (the recomputed logits are shared).
 
 On CPU without the interpreter a chunked torch path computes the same ``lse`` and gradients with
 ``(CHUNK_ROWS, CHUNK_COLS)`` tiles (forward, then recomputed in backward), never materialising
@@ -120,6 +123,22 @@ def _accumulate_dot(
             acc = tl.dot(a, tl.trans(b), acc, input_precision="ieee")
         else:
             acc = tl.dot(a, tl.trans(b), acc)
+    return acc
+
+
+@triton.jit
+def _grad_dot(acc, w, b_ptr, offs_l, mask_l, stride_b, col_lo, col_hi, BLOCK_SUB: tl.constexpr, IEEE: tl.constexpr):
+    """acc (rows, BLOCK_SUB) += w (rows, loop) @ b[offs_l, col_lo : col_lo + BLOCK_SUB], columns >= col_hi as 0.
+
+    w is fp32 (softmax probabilities times 1/B underflow fp16), so the b tile is upcast too.
+    """
+    offs = col_lo + tl.arange(0, BLOCK_SUB)
+    b = tl.load(b_ptr + offs_l[:, None] * stride_b + offs[None, :], mask=mask_l[:, None] & (offs[None, :] < col_hi), other=0.0)
+    b = b.to(tl.float32)
+    if IEEE:
+        acc = tl.dot(w, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(w, b, acc)
     return acc
 
 
@@ -267,7 +286,12 @@ def _lse_bwd_kernel(
         LOOP = B
     offs_a = pid_a * BLOCK_A + tl.arange(0, BLOCK_A)
     mask_a = offs_a < A
-    offs_do = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
+    # This program's D chunk, as four sub-chunks with one accumulator each, so a short prefix
+    # pays only for the sub-chunks it reaches.
+    BLOCK_SUB: tl.constexpr = BLOCK_DO // 4
+    chunk_lo = pid_d * BLOCK_DO
+    chunk_full = tl.minimum(chunk_lo + BLOCK_DO, D)
+    last_hi = tl.load(bounds_ptr + NUM_P)
     scale = tl.exp(tl.load(log_scale_ptr).to(tl.float32))
     prefix = tl.arange(0, P_PAD)
     if A_IS_QUERY:
@@ -278,7 +302,10 @@ def _lse_bwd_kernel(
         a_q = tl.load(col_q_ids_ptr + offs_a, mask=mask_a, other=0)
         a_corr = tl.load(corr_ptr + offs_a, mask=mask_a, other=0.0)
 
-    grad_acc = tl.zeros((BLOCK_A, BLOCK_DO), tl.float32)
+    acc0 = tl.zeros((BLOCK_A, BLOCK_SUB), tl.float32)
+    acc1 = tl.zeros((BLOCK_A, BLOCK_SUB), tl.float32)
+    acc2 = tl.zeros((BLOCK_A, BLOCK_SUB), tl.float32)
+    acc3 = tl.zeros((BLOCK_A, BLOCK_SUB), tl.float32)
     grad_r_all = tl.zeros((BLOCK_A, P_PAD), tl.float32)
 
     for l0 in range(0, LOOP, BLOCK_LOOP):
@@ -300,6 +327,8 @@ def _lse_bwd_kernel(
                 valid = valid & (a_q[:, None] != l_q[None, :])
             corr = a_corr[:, None]
         raw = tl.zeros((BLOCK_A, BLOCK_LOOP), tl.float32)
+        # Prefixes that cover the whole chunk add their weights here and share one set of dots.
+        w_full = tl.zeros((BLOCK_A, BLOCK_LOOP), tl.float32)
         for k in tl.static_range(NUM_P):
             lo = tl.load(bounds_ptr + k)
             hi = tl.load(bounds_ptr + k + 1)
@@ -324,27 +353,37 @@ def _lse_bwd_kernel(
             # ∂L/∂r_k(a) = s · Σ_loop g · raw · r_k(b)
             grad_r = tl.sum(weighted * raw, axis=1) * scale
             grad_r_all += tl.where(prefix[None, :] == k, grad_r[:, None], 0.0)
-            # ∂L/∂a[:d_k] += s·r_k(a) · (g · r_k(b)) @ b[:d_k], for this program's D chunk only.
-            # g·r_k(b) stays fp32 (probabilities times 1/B underflow fp16), so b is upcast too.
-            # D chunks past this prefix get nothing from it.
-            if pid_d * BLOCK_DO < hi:
-                b_chunk = tl.load(
-                    b_ptr + offs_l[:, None] * stride_b + offs_do[None, :],
-                    mask=mask_l[:, None] & (offs_do[None, :] < hi),
-                    other=0.0,
-                ).to(tl.float32)
-                if IEEE:
-                    part = tl.dot(weighted, b_chunk, input_precision="ieee")
-                else:
-                    part = tl.dot(weighted, b_chunk)
-                grad_acc += (scale * ra)[:, None] * part
+            # ∂L/∂a[:d_k] += (s·r_k(a) · g · r_k(b)) @ b[:d_k], for this program's D chunk only:
+            # a prefix covering the chunk joins w_full; a shorter one takes the sub-chunks it reaches.
+            w = weighted * (scale * ra)[:, None]
+            if hi >= chunk_full:
+                w_full += w
+            else:
+                if chunk_lo < hi:
+                    acc0 = _grad_dot(acc0, w, b_ptr, offs_l, mask_l, stride_b, chunk_lo, hi, BLOCK_SUB, IEEE)
+                if chunk_lo + BLOCK_SUB < hi:
+                    acc1 = _grad_dot(acc1, w, b_ptr, offs_l, mask_l, stride_b, chunk_lo + BLOCK_SUB, hi, BLOCK_SUB, IEEE)
+                if chunk_lo + 2 * BLOCK_SUB < hi:
+                    acc2 = _grad_dot(acc2, w, b_ptr, offs_l, mask_l, stride_b, chunk_lo + 2 * BLOCK_SUB, hi, BLOCK_SUB, IEEE)
+                if chunk_lo + 3 * BLOCK_SUB < hi:
+                    acc3 = _grad_dot(acc3, w, b_ptr, offs_l, mask_l, stride_b, chunk_lo + 3 * BLOCK_SUB, hi, BLOCK_SUB, IEEE)
+        if last_hi >= chunk_full:
+            acc0 = _grad_dot(acc0, w_full, b_ptr, offs_l, mask_l, stride_b, chunk_lo, chunk_full, BLOCK_SUB, IEEE)
+            acc1 = _grad_dot(acc1, w_full, b_ptr, offs_l, mask_l, stride_b, chunk_lo + BLOCK_SUB, chunk_full, BLOCK_SUB, IEEE)
+            acc2 = _grad_dot(acc2, w_full, b_ptr, offs_l, mask_l, stride_b, chunk_lo + 2 * BLOCK_SUB, chunk_full, BLOCK_SUB, IEEE)
+            acc3 = _grad_dot(acc3, w_full, b_ptr, offs_l, mask_l, stride_b, chunk_lo + 3 * BLOCK_SUB, chunk_full, BLOCK_SUB, IEEE)
 
-    mask_do = offs_do < D
-    tl.store(
-        grad_a_ptr + offs_a[:, None] * stride_ga + offs_do[None, :],
-        grad_acc.to(grad_a_ptr.dtype.element_ty),
-        mask=mask_a[:, None] & mask_do[None, :],
-    )
+    offs_sub = tl.arange(0, BLOCK_SUB)
+    out_ty = grad_a_ptr.dtype.element_ty
+    grad_rows = grad_a_ptr + offs_a[:, None] * stride_ga
+    cols = chunk_lo + offs_sub
+    tl.store(grad_rows + cols[None, :], acc0.to(out_ty), mask=mask_a[:, None] & (cols[None, :] < D))
+    cols = chunk_lo + BLOCK_SUB + offs_sub
+    tl.store(grad_rows + cols[None, :], acc1.to(out_ty), mask=mask_a[:, None] & (cols[None, :] < D))
+    cols = chunk_lo + 2 * BLOCK_SUB + offs_sub
+    tl.store(grad_rows + cols[None, :], acc2.to(out_ty), mask=mask_a[:, None] & (cols[None, :] < D))
+    cols = chunk_lo + 3 * BLOCK_SUB + offs_sub
+    tl.store(grad_rows + cols[None, :], acc3.to(out_ty), mask=mask_a[:, None] & (cols[None, :] < D))
     # The per-row reductions are the same in every D chunk: the first chunk writes them.
     first = pid_d == 0
     tl.store(
@@ -369,11 +408,12 @@ def _blocks(D: int) -> tuple[int, int, int, int]:
     if _triton.interpreting():
         # The interpreter charges per step: big tiles, few steps. D chunks of 128 so that the tests
         # (D = 150) cover a backward split over several chunks.
-        return 32, 32, 32, max(16, min(128, _triton.next_power_of_2(D)))
+        return 32, 32, 32, max(64, min(128, _triton.next_power_of_2(D)))
     # D chunks of up to 256, so D <= 256 recomputes each logit tile once per backward kernel.
-    # Compiled for sm_90 (python_tests/test_ops_loss.py::test_kernels_compile_for_sm90) this uses
-    # 80 KB of shared memory at BLOCK_DO = 256 with 8 warps. Not tuned on a GPU (none was available).
-    return 64, 64, 64, max(16, min(256, _triton.next_power_of_2(D)))
+    # Compiled for sm_90 (python_tests/test_ops_loss.py::test_kernels_compile_for_sm90) the bf16
+    # backward uses 48 KB of shared memory at BLOCK_DO = 256, 8 warps, six prefixes. Not tuned on
+    # a GPU (none was available).
+    return 64, 64, 64, max(64, min(256, _triton.next_power_of_2(D)))
 
 
 def _prefix_pad(num_p: int) -> int:
@@ -410,11 +450,11 @@ def _lse_bwd_triton(grad_lse, lse, q, c, rq, rc, log_scale, corr, row_pos_ids, r
     B, D = q.shape
     N = c.shape[0]
     num_p = len(bounds) - 1
-    grad_q = torch.zeros_like(q)
-    grad_c = torch.zeros_like(c)
-    grad_rq = torch.zeros_like(rq)
-    grad_rc = torch.zeros_like(rc)
-    grad_scale_rows = torch.zeros(B, device=q.device, dtype=torch.float32)
+    # The kernels write every element (D chunks past every prefix write zeros), so no memset,
+    # except when there is nothing to launch.
+    alloc = torch.empty_like if B > 0 and N > 0 and D > 0 else torch.zeros_like
+    grad_q, grad_c, grad_rq, grad_rc = alloc(q), alloc(c), alloc(rq), alloc(rc)
+    grad_scale_rows = alloc(rq[0] if rq.shape[0] else rq.new_empty(B))
     if B > 0 and N > 0 and D > 0:
         bounds_t = torch.tensor(bounds, dtype=torch.int32, device=q.device)
         block_rows, block_loop, block_d, block_do = _blocks(D)
