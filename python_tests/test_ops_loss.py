@@ -153,11 +153,13 @@ def test_shapes(B, R, D, impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_wide_embeddings_split_over_d_chunks(impl):
-    """D = 150 > the backward's D chunk (128 under the interpreter): gradients come from two chunk
-    programs, and the 64-prefix contributes to the first chunk only."""
+@pytest.mark.parametrize("dims", [[64, 150], [32, 96, 140, 150]])
+def test_wide_embeddings_split_over_d_chunks(dims, impl):
+    """D = 150 > the backward's D chunk (128 under the interpreter, four sub-chunks of 32):
+    gradients come from two chunk programs; prefixes end on a sub-chunk boundary (32, 96), inside
+    one (140, in the second chunk), and at D."""
     batch = make_batch(B=9, R=7, D=150)
-    check(batch, impl, dims=[64, 150], dim_weights=[0.5, 1.0], **logq_for(batch))
+    check(batch, impl, dims=dims, dim_weights=[0.5] * (len(dims) - 1) + [1.0], **logq_for(batch))
 
 
 def test_chunked_torch_path_uses_several_chunks(monkeypatch):
