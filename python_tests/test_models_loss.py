@@ -95,6 +95,25 @@ def test_module_matches_reference_pipeline_over_steps(neg_mode, impl):
         assert module.query_sketch.counts.tolist() == pipeline.sketches["query"].counts
 
 
+def test_pair_key_wraps_like_int64():
+    """Ids near the int64 extremes: ``pos_id + 17·query_id`` wraps around in torch; the Python
+    reference (unbounded ints, wrapped when hashed) must land in the same buckets."""
+    module = SampledSoftmaxLoss(sketch_width=WIDTH, impl="torch", dims=[32])
+    pipeline = ReferencePipeline("mixed_sum")
+    batch = make_batch()
+    big = 2**63 - 1
+    batch["query_ids"] = torch.tensor([big - i % 3 for i in range(13)])
+    batch["pos_ids"] = torch.tensor([-(2**63) + i % 4 for i in range(13)])
+    ids = {k: batch[k] for k in ("query_ids", "pos_ids", "neg_ids")}
+    result = module(batch["query"], batch["pos"], batch["neg"], **ids)
+    logq = pipeline.logq(batch)
+    want, _ = sampled_softmax_loss_ref(
+        batch["query"], batch["pos"], batch["neg"], log_scale=torch.tensor(-math.log(0.07)), dims=[32], **ids, **logq
+    )
+    assert_close_verbose(result.loss.detach(), want.float(), atol=1e-5, rtol=1e-5)
+    assert module.pair_sketch.counts.tolist() == pipeline.sketches["pair"].counts
+
+
 def test_temperature_init_and_in_place_clamp():
     """Init 0.07 (scale 14.29). A parameter pushed above log(100) is clamped in place before the
     forward, and its gradient is the ordinary one (not zeroed as a functional clamp would)."""
