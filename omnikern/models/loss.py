@@ -118,8 +118,10 @@ class SampledSoftmaxLossResult:
 
 
 @torch.no_grad()
-def _mean_unmasked(row_pos, row_query, col_ids, col_query, chunk: int = 4096) -> torch.Tensor:
-    """Mean over rows of the number of columns not masked by the id rules, in row chunks (no B × N)."""
+def _mean_unmasked(row_pos, row_query, col_ids, col_query, max_elements: int = 1 << 24) -> torch.Tensor:
+    """Mean over rows of the number of columns not masked by the id rules, in row chunks of at most
+    ``max_elements`` comparisons (no B × N)."""
+    chunk = max(1, max_elements // max(col_ids.shape[0], 1))
     total = torch.zeros((), dtype=torch.float64, device=row_pos.device)
     for start in range(0, row_pos.shape[0], chunk):
         stop = start + chunk
