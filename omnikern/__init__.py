@@ -5,7 +5,9 @@ use; the C++ extension is loaded by the modules that need it.
 """
 
 from omnikern.ops import l2_normalize
+from omnikern.models.loss import CountMinSketch, SampledSoftmaxLoss
+from omnikern.ops import sampled_softmax_loss
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "l2_normalize"]
+__all__ = ["__version__", "l2_normalize", "CountMinSketch", "SampledSoftmaxLoss", "sampled_softmax_loss"]
