@@ -1,0 +1,352 @@
+// Blocking and threading
+// ----------------------
+// The corpus is split into one contiguous chunk per thread; each thread walks its chunk in blocks
+// of kBlockRows rows (kBlockRows · D bytes stay in L1/L2) and, for every group of up to 4 queries,
+// computes the group's dot products with the block, turns them into scores and offers each score
+// to the query's bounded heap. A thread's heaps only ever see rows in increasing index order, so a
+// score equal to the heap's worst is always worse (larger index) and the cheap test `s > worst`
+// is exact. Heaps from all threads are merged per query by (score desc, index asc): a strict total
+// order, so the top-k set and its order are unique and independent of the thread count.
+//
+// Dot products (AVX2)
+// -------------------
+// vpmaddubsw multiplies unsigned by signed bytes and adds pairs into int16. With both operands
+// signed we use the sign trick: |x| · (q · sign(x)) = q · x, where vpabsb gives |x| as an unsigned
+// byte (|-128| = 128 included) and vpsignb computes q · sign(x); query codes are in [-127, 127] so
+// q · sign(x) never wraps. A pair sum is at most 2 · 128 · 127 = 32512 < 2^15, so the int16 step
+// never saturates; vpmaddwd by 1 then widens pairs to int32. |x| is computed once per corpus
+// vector and shared by the query group. Queries are copied into
+// zero-padded buffers of width round_up(dim, 32): a zero query byte zeroes the product, so reading
+// up to 31 bytes past `dim` in a corpus row is harmless as long as the bytes exist; the last rows,
+// where they might not, use the scalar dot.
+#include "scoring/int8_topk.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define OMNIKERN_X86 1
+#else
+#define OMNIKERN_X86 0
+#endif
+
+#include "common/parallel.h"
+
+namespace omnikern {
+namespace {
+
+constexpr int64_t kBlockRows = 128;  // 128 rows x 256 bytes = 32 KiB: fits L1d beside the queries
+constexpr int64_t kLanes = 32;        // bytes per AVX2 register
+constexpr int kGroup = 4;             // queries per micro-kernel call
+constexpr int64_t kMinRowsPerThread = 1024;  // below this a thread costs more than it saves
+
+struct Candidate {
+  float score;
+  int64_t index;
+};
+
+// a before b in the output order: higher score, then lower index.
+inline bool better(const Candidate& a, const Candidate& b) {
+  return a.score > b.score || (a.score == b.score && a.index < b.index);
+}
+
+// The k best candidates seen so far; the worst sits at the heap's front.
+class BoundedHeap {
+ public:
+  void reset(Candidate* storage, int64_t k) {
+    data_ = storage;
+    k_ = k;
+    size_ = 0;
+    worst_ = -std::numeric_limits<float>::infinity();
+  }
+  // Scores <= worst() cannot enter (for rows offered in increasing index order); while the heap is
+  // not full, worst() is -inf and every finite score enters.
+  float worst() const { return worst_; }
+  void push(float score, int64_t index) {
+    const Candidate c{score, index};
+    if (size_ < k_) {
+      data_[size_++] = c;
+      std::push_heap(data_, data_ + size_, better);
+      if (size_ == k_) worst_ = data_[0].score;
+    } else if (better(c, data_[0])) {
+      std::pop_heap(data_, data_ + size_, better);
+      data_[size_ - 1] = c;
+      std::push_heap(data_, data_ + size_, better);
+      worst_ = data_[0].score;
+    }
+  }
+  int64_t size() const { return size_; }
+
+ private:
+  Candidate* data_ = nullptr;
+  int64_t k_ = 0, size_ = 0;
+  float worst_ = 0.0f;
+};
+
+// Queries copied into zero-padded rows of `padded` bytes.
+struct QueryPack {
+  std::vector<int8_t> codes;
+  int64_t padded = 0;
+  const int8_t* row(int64_t q) const { return codes.data() + q * padded; }
+};
+
+inline int32_t dot_scalar(const int8_t* a, const int8_t* b, int64_t n) {
+  int32_t acc = 0;
+  for (int64_t d = 0; d < n; ++d) acc += static_cast<int32_t>(a[d]) * static_cast<int32_t>(b[d]);
+  return acc;
+}
+
+// out[m * kBlockRows + j] = dot(query q0 + m, row j) for m < mr, j < nrows.
+using BlockDotFn = void (*)(const QueryPack& pack, int64_t q0, int mr, const int8_t* rows, int64_t nrows,
+                            int64_t row_stride, int64_t dim, int64_t vector_rows, int32_t* out);
+
+void block_dots_scalar(const QueryPack& pack, int64_t q0, int mr, const int8_t* rows, int64_t nrows,
+                       int64_t row_stride, int64_t dim, int64_t /*vector_rows*/, int32_t* out) {
+  for (int m = 0; m < mr; ++m)
+    for (int64_t j = 0; j < nrows; ++j) out[m * kBlockRows + j] = dot_scalar(pack.row(q0 + m), rows + j * row_stride, dim);
+}
+
+#if OMNIKERN_X86
+
+// Sum of the eight int32 lanes of each of a, b, c, d, returned as the four lanes of an xmm.
+__attribute__((target("avx2"))) inline __m128i hsum4(__m256i a, __m256i b, __m256i c, __m256i d) {
+  const __m256i ab = _mm256_hadd_epi32(a, b);
+  const __m256i cd = _mm256_hadd_epi32(c, d);
+  const __m256i abcd = _mm256_hadd_epi32(ab, cd);  // per 128-bit half: [a, b, c, d] partial sums
+  return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
+}
+
+__attribute__((target("avx2"))) inline int32_t hsum1(__m256i a) {
+  const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+  const __m128i t = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  const __m128i u = _mm_add_epi32(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(u);
+}
+
+// q · x for 32 bytes, as 8 int32 partial sums (see the file comment): ax = |x|.
+__attribute__((target("avx2"))) inline __m256i dot32(__m256i ax, __m256i x, __m256i q, __m256i ones) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(q, x)), ones);
+}
+
+// Four queries against two rows: 8 int32 accumulators; each 32-byte step costs, per pair,
+// vpsignb + vpmaddubsw + vpmaddwd + vpaddd.
+__attribute__((target("avx2"))) void dots_4x2(const QueryPack& pack, int64_t q0, const int8_t* x0, const int8_t* x1,
+                                              int32_t* out0, int32_t* out1) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc[4][2];
+  for (int m = 0; m < 4; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_si256();
+  const int8_t* q[4] = {pack.row(q0), pack.row(q0 + 1), pack.row(q0 + 2), pack.row(q0 + 3)};
+  for (int64_t d = 0; d < pack.padded; d += kLanes) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + d));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x1 + d));
+    const __m256i aa = _mm256_abs_epi8(a), ab = _mm256_abs_epi8(b);
+    for (int m = 0; m < 4; ++m) {
+      const __m256i qs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[m] + d));
+      acc[m][0] = _mm256_add_epi32(acc[m][0], dot32(aa, a, qs, ones));
+      acc[m][1] = _mm256_add_epi32(acc[m][1], dot32(ab, b, qs, ones));
+    }
+  }
+  alignas(16) int32_t s[4];
+  _mm_store_si128(reinterpret_cast<__m128i*>(s), hsum4(acc[0][0], acc[1][0], acc[2][0], acc[3][0]));
+  for (int m = 0; m < 4; ++m) out0[m * kBlockRows] = s[m];
+  _mm_store_si128(reinterpret_cast<__m128i*>(s), hsum4(acc[0][1], acc[1][1], acc[2][1], acc[3][1]));
+  for (int m = 0; m < 4; ++m) out1[m * kBlockRows] = s[m];
+}
+
+// One query against four rows (the one-query-at-a-time case is memory-bound: stream rows fast).
+__attribute__((target("avx2"))) void dots_1x4(const QueryPack& pack, int64_t qi, const int8_t* x, int64_t row_stride,
+                                              int32_t* out) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc[4];
+  for (int j = 0; j < 4; ++j) acc[j] = _mm256_setzero_si256();
+  const int8_t* q = pack.row(qi);
+  for (int64_t d = 0; d < pack.padded; d += kLanes) {
+    const __m256i qs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + d));
+    for (int j = 0; j < 4; ++j) {
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j * row_stride + d));
+      acc[j] = _mm256_add_epi32(acc[j], dot32(_mm256_abs_epi8(a), a, qs, ones));
+    }
+  }
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), hsum4(acc[0], acc[1], acc[2], acc[3]));
+}
+
+__attribute__((target("avx2"))) int32_t dots_1x1(const QueryPack& pack, int64_t qi, const int8_t* x) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i acc = _mm256_setzero_si256();
+  const int8_t* q = pack.row(qi);
+  for (int64_t d = 0; d < pack.padded; d += kLanes) {
+    const __m256i qs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + d));
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + d));
+    acc = _mm256_add_epi32(acc, dot32(_mm256_abs_epi8(a), a, qs, ones));
+  }
+  return hsum1(acc);
+}
+
+// Rows [0, vector_rows) may be read `pack.padded` bytes wide; the rest use the scalar dot.
+__attribute__((target("avx2"))) void block_dots_avx2(const QueryPack& pack, int64_t q0, int mr, const int8_t* rows,
+                                                     int64_t nrows, int64_t row_stride, int64_t dim,
+                                                     int64_t vector_rows, int32_t* out) {
+  const int64_t nvec = std::min(nrows, vector_rows);
+  if (mr == kGroup) {
+    int64_t j = 0;
+    for (; j + 2 <= nvec; j += 2)
+      dots_4x2(pack, q0, rows + j * row_stride, rows + (j + 1) * row_stride, out + j, out + j + 1);
+    for (; j < nvec; ++j)
+      for (int m = 0; m < mr; ++m) out[m * kBlockRows + j] = dots_1x1(pack, q0 + m, rows + j * row_stride);
+  } else {
+    for (int m = 0; m < mr; ++m) {
+      int32_t* o = out + m * kBlockRows;
+      int64_t j = 0;
+      for (; j + 4 <= nvec; j += 4) dots_1x4(pack, q0 + m, rows + j * row_stride, row_stride, o + j);
+      for (; j < nvec; ++j) o[j] = dots_1x1(pack, q0 + m, rows + j * row_stride);
+    }
+  }
+  for (int m = 0; m < mr; ++m)
+    for (int64_t j = nvec; j < nrows; ++j)
+      out[m * kBlockRows + j] = dot_scalar(pack.row(q0 + m), rows + j * row_stride, dim);
+}
+
+bool cpu_has_avx2() { return __builtin_cpu_supports("avx2"); }
+
+#else
+
+bool cpu_has_avx2() { return false; }
+
+#endif  // OMNIKERN_X86
+
+void check_input(const Int8TopkInput& in) {
+  auto fail = [](const std::string& msg) { throw std::invalid_argument("int8_topk: " + msg); };
+  if (in.num_queries < 0 || in.num_rows < 0) fail("num_queries and num_rows must be >= 0");
+  if (in.k <= 0) fail("k must be > 0, got " + std::to_string(in.k));
+  if (in.dim <= 0) fail("dim must be > 0, got " + std::to_string(in.dim));
+  if (in.query_stride < in.dim || in.row_stride < in.dim)
+    fail("query_stride and row_stride must be >= dim (" + std::to_string(in.dim) + ")");
+  if (in.num_queries > 0 && (!in.queries || !in.query_factors)) fail("queries and query_factors must be set");
+  if (in.num_rows > 0 && (!in.codes || (!in.normalize_rows && !in.row_factors)))
+    fail("codes and row_factors must be set");
+  if (in.num_rows > (int64_t{1} << 40)) fail("num_rows too large");
+  // -128 in a query would wrap in vpsignb (see the file comment); our quantiser never emits it.
+  for (int64_t q = 0; q < in.num_queries; ++q)
+    for (int64_t d = 0; d < in.dim; ++d)
+      if (in.queries[q * in.query_stride + d] == -128)
+        fail("query codes must be in [-127, 127], found -128 in query " + std::to_string(q));
+  if (in.exclude)
+    for (int64_t q = 0; q < in.num_queries; ++q)
+      if (in.exclude[q] >= in.num_rows)
+        throw std::out_of_range("int8_topk: exclude[" + std::to_string(q) + "] = " + std::to_string(in.exclude[q]) +
+                                " is out of range for " + std::to_string(in.num_rows) + " rows");
+}
+
+}  // namespace
+
+Int8Isa parse_int8_isa(const std::string& name) {
+  if (name == "auto") return Int8Isa::kAuto;
+  if (name == "avx2") return Int8Isa::kAvx2;
+  if (name == "scalar") return Int8Isa::kScalar;
+  throw std::invalid_argument("isa must be 'auto', 'avx2' or 'scalar', got '" + name + "'");
+}
+
+std::string int8_best_isa() { return cpu_has_avx2() ? "avx2" : "scalar"; }
+
+void int8_topk(const Int8TopkInput& in, float* out_scores, int64_t* out_indices, int num_threads, Int8Isa isa) {
+  check_input(in);
+  if (isa == Int8Isa::kAuto) isa = cpu_has_avx2() ? Int8Isa::kAvx2 : Int8Isa::kScalar;
+  if (isa == Int8Isa::kAvx2 && !cpu_has_avx2()) throw std::invalid_argument("isa 'avx2' is not supported by this CPU");
+  BlockDotFn block_dots = block_dots_scalar;
+#if OMNIKERN_X86
+  if (isa == Int8Isa::kAvx2) block_dots = block_dots_avx2;
+#endif
+  const int64_t Q = in.num_queries, N = in.num_rows, K = in.k, dim = in.dim;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < Q * K; ++i) {
+    out_scores[i] = neg_inf;
+    out_indices[i] = -1;
+  }
+  if (Q == 0 || N == 0) return;
+
+  QueryPack pack;
+  pack.padded = (dim + kLanes - 1) / kLanes * kLanes;
+  pack.codes.assign(static_cast<size_t>(Q * pack.padded), 0);
+  for (int64_t q = 0; q < Q; ++q)
+    std::memcpy(pack.codes.data() + q * pack.padded, in.queries + q * in.query_stride, static_cast<size_t>(dim));
+  // Rows whose padded read stays inside the buffer: i · row_stride + padded <= N · row_stride.
+  const int64_t total = N * in.row_stride;
+  const int64_t vector_rows = std::max<int64_t>(0, std::min<int64_t>(N, (total - pack.padded) / in.row_stride + 1));
+
+  const int threads = std::max(1, std::min<int>(resolve_num_threads(num_threads), static_cast<int>((N + kMinRowsPerThread - 1) / kMinRowsPerThread)));
+  std::vector<float> row_factor_storage;
+  const float* row_factors = in.row_factors;
+  if (in.normalize_rows) {
+    row_factor_storage.resize(static_cast<size_t>(N));
+    parallel_for(static_cast<size_t>(N), threads, kMinRowsPerThread, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i) {
+        const int8_t* x = in.codes + static_cast<int64_t>(i) * in.row_stride;
+        const int32_t ss = dot_scalar(x, x, dim);
+        // The same float ops as the Triton kernel: 1 / sqrt_rn(float(ss)).
+        row_factor_storage[i] = ss > 0 ? 1.0f / std::sqrt(static_cast<float>(ss)) : 0.0f;
+      }
+    });
+    row_factors = row_factor_storage.data();
+  }
+
+  // One chunk of rows per thread, each with a heap per query.
+  std::vector<Candidate> candidates(static_cast<size_t>(threads) * Q * K);
+  std::vector<int64_t> counts(static_cast<size_t>(threads) * Q, 0);
+  const int64_t chunk = (N + threads - 1) / threads;
+  parallel_for(static_cast<size_t>(threads), threads, 1, [&](size_t tb, size_t te) {
+    std::vector<int32_t> dots(static_cast<size_t>(kGroup * kBlockRows));
+    std::vector<float> scores(static_cast<size_t>(kBlockRows));
+    std::vector<BoundedHeap> heaps(static_cast<size_t>(Q));
+    for (size_t t = tb; t < te; ++t) {
+      const int64_t begin = static_cast<int64_t>(t) * chunk, end = std::min(N, begin + chunk);
+      Candidate* store = candidates.data() + t * Q * K;
+      for (int64_t q = 0; q < Q; ++q) heaps[q].reset(store + q * K, K);
+      for (int64_t r0 = begin; r0 < end; r0 += kBlockRows) {
+        const int64_t nrows = std::min(kBlockRows, end - r0);
+        const int8_t* rows = in.codes + r0 * in.row_stride;
+        for (int64_t q0 = 0; q0 < Q; q0 += kGroup) {
+          const int mr = static_cast<int>(std::min<int64_t>(kGroup, Q - q0));
+          block_dots(pack, q0, mr, rows, nrows, in.row_stride, dim, vector_rows - r0, dots.data());
+          for (int m = 0; m < mr; ++m) {
+            const int64_t q = q0 + m;
+            const float qf = in.query_factors[q];
+            const int32_t* d = dots.data() + m * kBlockRows;
+            const float* rf = row_factors + r0;
+            // + 0.0f turns -0 into +0 so that the score's bits order like its value.
+            for (int64_t j = 0; j < nrows; ++j) scores[j] = static_cast<float>(d[j]) * qf * rf[j] + 0.0f;
+            BoundedHeap& heap = heaps[q];
+            const int64_t skip = in.exclude ? in.exclude[q] - r0 : -1;
+            for (int64_t j = 0; j < nrows; ++j)
+              if (scores[j] > heap.worst() && j != skip) heap.push(scores[j], r0 + j);
+          }
+        }
+      }
+      for (int64_t q = 0; q < Q; ++q) counts[t * Q + q] = heaps[q].size();
+    }
+  });
+
+  // Merge: all threads' candidates of a query, ordered by (score desc, index asc).
+  parallel_for(static_cast<size_t>(Q), num_threads, 64, [&](size_t qb, size_t qe) {
+    std::vector<Candidate> merged;
+    for (size_t q = qb; q < qe; ++q) {
+      merged.clear();
+      for (int t = 0; t < threads; ++t) {
+        const Candidate* c = candidates.data() + (static_cast<size_t>(t) * Q + q) * K;
+        merged.insert(merged.end(), c, c + counts[static_cast<size_t>(t) * Q + q]);
+      }
+      const size_t take = std::min<size_t>(merged.size(), static_cast<size_t>(K));
+      std::partial_sort(merged.begin(), merged.begin() + static_cast<int64_t>(take), merged.end(), better);
+      for (size_t i = 0; i < take; ++i) {
+        out_scores[q * K + i] = merged[i].score;
+        out_indices[q * K + i] = merged[i].index;
+      }
+    }
+  });
+}
+
+}  // namespace omnikern
