@@ -1,5 +1,6 @@
 """Kernels: one file per family, each beside its plain-torch truth in ``reference.py``."""
 
 from omnikern.ops.l2norm import l2_normalize
+from omnikern.ops.int8 import dequantize_int8, int8_topk, quantize_int8
 
-__all__ = ["l2_normalize"]
+__all__ = ["l2_normalize", "quantize_int8", "dequantize_int8", "int8_topk"]
