@@ -22,7 +22,12 @@ std::vector<std::string> to_byte_strings(const py::iterable& strings, const char
   std::vector<std::string> out;
   for (const py::handle item : strings) {
     if (py::isinstance<py::str>(item)) {
-      out.push_back(item.cast<std::string>());
+      // Not item.cast<std::string>(): that hides a UnicodeEncodeError (lone surrogates) behind a
+      // RuntimeError. Let Python's own error through instead.
+      Py_ssize_t size = 0;
+      const char* data = PyUnicode_AsUTF8AndSize(item.ptr(), &size);
+      if (data == nullptr) throw py::error_already_set();
+      out.emplace_back(data, static_cast<size_t>(size));
     } else if (py::isinstance<py::bytes>(item)) {
       out.push_back(std::string(item.cast<py::bytes>()));
     } else {

@@ -115,15 +115,17 @@ def test_opcheck(use_triton):
     torch.library.opcheck(_l2_normalize_bwd_op, (torch.randn_like(y), x.detach(), norm, 1e-12, use_triton))
 
 
-def test_torch_compile_fullgraph():
-    """The op is one opaque node to dynamo: compiled forward and backward equal eager."""
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(backend):
+    """The op is one opaque node to dynamo: compiled forward and backward equal eager (inductor
+    generates C++ for the matmul around it on CPU)."""
 
     def model(x, w):
         return l2_normalize(x @ w).sum(dim=0)
 
     x = torch.randn(6, 10, device=DEVICE)
     w = torch.randn(10, 12, device=DEVICE, requires_grad=True)
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
     out = compiled(x, w)
     out.sum().backward()
     grad_compiled = w.grad.clone()
@@ -157,3 +159,20 @@ def test_fake_tensor_shapes():
 def test_bad_input(kwargs, error, match):
     with pytest.raises(error, match=match):
         l2_normalize(**kwargs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, tol", DTYPES)
+def test_gpu_large_rows_and_widths(dtype, tol):
+    """Sizes the interpreter cannot afford: many programs, rows up to the fused-block limit."""
+    for shape in [(65537, 256), (3, 32768), (1000, 1000)]:
+        _check(torch.randn(shape, device="cuda", dtype=dtype), "triton", tol)
+
+
+@pytest.mark.gpu
+def test_gpu_compile_inductor_with_triton_around_the_op():
+    x = torch.randn(64, 96, device="cuda")
+    w = torch.randn(96, 128, device="cuda", requires_grad=True)
+    compiled = torch.compile(lambda a, b: l2_normalize(torch.relu(a @ b)).square().sum(), fullgraph=True)
+    expected = l2_normalize_ref(torch.relu(x @ w.detach())).square().sum()
+    assert_close_verbose(compiled(x, w).detach(), expected, atol=1e-4, rtol=1e-4)

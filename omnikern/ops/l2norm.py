@@ -66,7 +66,7 @@ def _l2norm_fwd_kernel(
     safe_max = tl.where(row_max > 0, row_max, 1.0)
     scaled = x / safe_max[:, None]
     norm = tl.sqrt(tl.sum(scaled * scaled, axis=1)) * safe_max
-    inv_norm = 1.0 / tl.maximum(norm, eps)
+    inv_norm = 1.0 / tl.maximum(norm, eps, propagate_nan=tl.PropagateNan.ALL)
     y = x * inv_norm[:, None]
 
     tl.store(y_ptr + offs_b[:, None] * stride_yb + offs_d[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -105,7 +105,7 @@ def _l2norm_bwd_kernel(
     x = tl.load(x_ptr + offs_b[:, None] * stride_xb + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
     norm = tl.load(norm_ptr + offs_b, mask=mask_b, other=1.0)
 
-    inv_norm = 1.0 / tl.maximum(norm, eps)
+    inv_norm = 1.0 / tl.maximum(norm, eps, propagate_nan=tl.PropagateNan.ALL)
     y = x * inv_norm[:, None]
     # dx = r·(dy − y·(y·dy)) where the norm is not clamped; r·dy where it is.
     y_dot_grad = tl.sum(y * grad_y, axis=1)
@@ -165,11 +165,17 @@ def _l2norm_bwd(grad_y: torch.Tensor, x: torch.Tensor, norm: torch.Tensor, eps: 
 
 def _l2norm_fwd_torch(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     compute = x if x.dtype == torch.float64 else x.float()
-    row_max = compute.abs().amax(dim=-1, keepdim=True) if x.shape[-1] else compute.new_zeros(x.shape[0], 1)
-    safe_max = torch.where(row_max > 0, row_max, torch.ones_like(row_max))
-    norm = torch.linalg.vector_norm(compute / safe_max, dim=-1) * safe_max.squeeze(-1)
+    norm = torch.linalg.vector_norm(compute, dim=-1)
+    # Squares overflow (inf) for rows near 1e20 and underflow (0) for rows near 1e-20: redo only
+    # those rows with the max-scaled norm, so the common case stays one fast pass.
+    suspect = ~torch.isfinite(norm) | (norm < 1e-18)
+    if suspect.any():
+        rows = compute[suspect]
+        row_max = rows.abs().amax(dim=-1, keepdim=True) if rows.shape[-1] else rows.new_zeros(rows.shape[0], 1)
+        safe_max = torch.where(row_max > 0, row_max, torch.ones_like(row_max))
+        norm[suspect] = torch.linalg.vector_norm(rows / safe_max, dim=-1) * safe_max.squeeze(-1)
     y = compute / norm.clamp_min(eps).unsqueeze(-1)
-    return y.to(x.dtype), norm.float() if x.dtype != torch.float64 else norm
+    return y.to(x.dtype), norm
 
 
 def _l2norm_bwd_torch(grad_y: torch.Tensor, x: torch.Tensor, norm: torch.Tensor, eps: float) -> torch.Tensor:
