@@ -188,15 +188,27 @@ def test_topk_cpp_k_1024_and_thread_counts_and_isas():
     query = _unit(7, 48)
     scores, indices = int8_topk(query, codes, scales, 1024, impl="cpp", num_threads=2)
     assert_topk_matches(scores, indices, query, codes, scales, 1024, name="k=1024")
-    qcodes, qscales = quantize_int8_ref(query)
     exclude = np.array([0, -1, 5002, 7, -1, 3, 100], dtype=np.int64)
-    args = (qcodes.numpy(), qscales.numpy(), codes.numpy(), scales.numpy(), 48, exclude, 13)
+    args = (query.numpy(), codes.numpy(), scales.numpy(), 48, exclude, 13)
     want = _C.int8_topk(*args, num_threads=1, isa="scalar")
     isas = ["scalar"] + (["avx2"] if _C.int8_best_isa() == "avx2" else [])
     for isa in isas:
         for threads in (1, 2, 3, 5):
             got = _C.int8_topk(*args, num_threads=threads, isa=isa)
             assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), (isa, threads)
+    # The prefix-cosine mode (scales None) too.
+    args = (query.numpy(), codes.numpy(), None, 19, exclude, 13)
+    want = _C.int8_topk(*args, num_threads=1, isa="scalar")
+    for isa in isas:
+        got = _C.int8_topk(*args, num_threads=3, isa=isa)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), isa
+    # The C++ quantiser equals the reference bit for bit.
+    x = torch.randn(50, 37) * 5
+    x[3] = 0
+    x[4, :3] = torch.tensor([127.0, 0.5, 2.5]) / 127 * 3
+    got_codes, got_scales = _C.quantize_int8(x.numpy())
+    want_codes, want_scales = quantize_int8_ref(x)
+    assert np.array_equal(got_codes, want_codes.numpy()) and np.array_equal(got_scales, want_scales.numpy())
 
 
 @pytest.mark.skipif(CUDA, reason="the C++ path is the CPU path")
@@ -216,9 +228,10 @@ def test_topk_empty_query_batch_and_custom_op():
     assert scores.shape == (0, 3) and indices.shape == (0, 3)
     from omnikern.ops.int8 import _int8_topk_op
 
-    qcodes, qscales = quantize_int8_ref(_unit(2, 8))
+    query = _unit(2, 8)
     for impl in ("torch",) + (() if CUDA else ("cpp",)):
-        torch.library.opcheck(_int8_topk_op, (qcodes, qscales, codes, scales, None, 3, 8, False, impl, 1))
+        torch.library.opcheck(_int8_topk_op, (query, codes, scales, None, 3, 8, False, impl, 1))
+        torch.library.opcheck(_int8_topk_op, (query, codes, scales, torch.tensor([1, -1]), 3, 5, True, impl, 1))
 
 
 def test_topk_bad_inputs():

@@ -251,6 +251,26 @@ Int8Isa parse_int8_isa(const std::string& name) {
   throw std::invalid_argument("isa must be 'auto', 'avx2' or 'scalar', got '" + name + "'");
 }
 
+void quantize_int8_rows(const float* x, int64_t rows, int64_t stride, int64_t dim, int8_t* codes, float* scales) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * stride;
+    float amax = 0.0f;
+    for (int64_t d = 0; d < dim; ++d) {
+      if (!std::isfinite(row[d]))
+        throw std::invalid_argument("query must be finite, got NaN or inf in row " + std::to_string(r));
+      amax = std::max(amax, std::fabs(row[d]));
+    }
+    const float scale = amax / 127.0f;
+    const float safe = scale > 0.0f ? scale : 1.0f;
+    for (int64_t d = 0; d < dim; ++d) {
+      // nearbyint rounds half to even in the default rounding mode, like torch.round.
+      const float v = std::min(127.0f, std::max(-127.0f, std::nearbyint(row[d] / safe)));
+      codes[r * dim + d] = scale > 0.0f ? static_cast<int8_t>(v) : int8_t{0};
+    }
+    scales[r] = scale;
+  }
+}
+
 std::string int8_best_isa() { return cpu_has_avx2() ? "avx2" : "scalar"; }
 
 void int8_topk(const Int8TopkInput& in, float* out_scores, int64_t* out_indices, int num_threads, Int8Isa isa) {

@@ -43,4 +43,10 @@ struct Int8TopkInput {
 void int8_topk(const Int8TopkInput& input, float* out_scores, int64_t* out_indices, int num_threads,
                Int8Isa isa = Int8Isa::kAuto);
 
+/// Symmetric per-row int8 quantisation of the first `dim` columns of `rows` float rows (stride
+/// `stride`), with the same float32 operations as omnikern.quantize_int8 (bit-identical):
+/// scale = max|x| / 127, code = clamp(round_half_even(x / scale), -127, 127), scale 0 -> codes 0.
+/// Writes codes (rows, dim) and scales (rows,). Throws std::invalid_argument on NaN/inf.
+void quantize_int8_rows(const float* x, int64_t rows, int64_t stride, int64_t dim, int8_t* codes, float* scales);
+
 }  // namespace omnikern

@@ -337,17 +337,28 @@ def _topk_torch(
 
 
 def _topk_cpp(
-    qcodes: torch.Tensor, qfactors: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
+    query: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
     exclude: torch.Tensor | None, k: int, dim: int, normalize: bool, num_threads: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     from omnikern import _C
 
+    # The C++ side quantises the query itself (same float32 ops), checks it is finite and releases
+    # the GIL: no per-call torch work that would wake torch's thread pool.
     scores, indices = _C.int8_topk(
-        qcodes.contiguous().numpy(), qfactors.numpy(), codes.contiguous().numpy(),
-        None if normalize else scales.numpy(),
+        query.float().contiguous().numpy(), codes.contiguous().numpy(), None if normalize else scales.numpy(),
         dim, None if exclude is None else exclude.numpy(), k, num_threads,
     )
     return torch.from_numpy(scores), torch.from_numpy(indices)
+
+
+def _query_codes(query: torch.Tensor, dim: int, normalize: bool, use_triton: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes (Q, dim) of the query prefix and the per-query factor: its scale, or 1/‖codes‖."""
+    qcodes, qscales = _quantize_int8_op(query[:, :dim].contiguous(), use_triton)
+    if not normalize:
+        return qcodes, qscales
+    sumsq = (qcodes.to(torch.int32) ** 2).sum(dim=1, dtype=torch.int32)
+    inv = 1.0 / torch.sqrt(sumsq.clamp_min(1).float())
+    return qcodes, torch.where(sumsq > 0, inv, torch.zeros_like(inv))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,23 +380,21 @@ def _(x: torch.Tensor, use_triton: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.library.custom_op("omnikern::int8_topk", mutates_args=())
 def _int8_topk_op(
-    qcodes: torch.Tensor, qfactors: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
-    exclude: torch.Tensor | None, k: int, dim: int, normalize: bool, impl: str, num_threads: int,
+    query: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, exclude: torch.Tensor | None,
+    k: int, dim: int, normalize: bool, impl: str, num_threads: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    if impl == "cpp":
+        return _topk_cpp(query, codes, scales, exclude, k, dim, normalize, num_threads)
+    qcodes, qfactors = _query_codes(query, dim, normalize, use_triton=impl == "triton")
     if impl == "triton":
         return _topk_triton(qcodes, qfactors, codes, scales, exclude, k, dim, normalize)
-    if impl == "cpp":
-        return _topk_cpp(qcodes, qfactors, codes, scales, exclude, k, dim, normalize, num_threads)
     return _topk_torch(qcodes, qfactors, codes, scales, exclude, k, dim, normalize)
 
 
 @_int8_topk_op.register_fake
-def _(qcodes, qfactors, codes, scales, exclude, k, dim, normalize, impl, num_threads):
-    Q = qcodes.shape[0]
-    return (
-        qcodes.new_empty((Q, k), dtype=torch.float32),
-        qcodes.new_empty((Q, k), dtype=torch.int64),
-    )
+def _(query, codes, scales, exclude, k, dim, normalize, impl, num_threads):
+    Q = query.shape[0]
+    return query.new_empty((Q, k), dtype=torch.float32), query.new_empty((Q, k), dtype=torch.int64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -538,23 +547,15 @@ def int8_topk(
         if exclude.numel() and int(exclude.max()) >= N:
             raise ValueError(f"exclude entries must be < {N} (the number of rows), got {int(exclude.max())}")
         exclude = exclude.to(codes.device).contiguous()
-    if not bool(torch.isfinite(query).all()):
-        raise ValueError("query must be finite, got NaN or inf")
     if num_threads is None:
         num_threads = torch.get_num_threads()
     resolved = _resolve_topk_impl(impl, k, query, codes, scales)
+    # The C++ path checks finiteness itself while quantising (see _topk_cpp).
+    if resolved != "cpp" and not bool(torch.isfinite(query).all()):
+        raise ValueError("query must be finite, got NaN or inf")
 
     Q = query.shape[0]
     if Q == 0:
         return query.new_empty((0, k), dtype=torch.float32), query.new_empty((0, k), dtype=torch.int64)
-    qcodes, qscales = quantize_int8(query[:, :d], impl="auto" if resolved == "triton" else "torch")
-    normalize = dim is not None
-    if normalize:
-        sumsq = (qcodes.to(torch.int32) ** 2).sum(dim=1, dtype=torch.int32)
-        qfactors = torch.where(sumsq > 0, 1.0 / torch.sqrt(sumsq.float()), torch.zeros_like(sumsq, dtype=torch.float32))
-    else:
-        qfactors = qscales
     codes = codes if codes.stride(1) == 1 else codes.contiguous()
-    return _int8_topk_op(
-        qcodes, qfactors.contiguous(), codes, scales.contiguous(), exclude, k, d, normalize, resolved, int(num_threads)
-    )
+    return _int8_topk_op(query, codes, scales.contiguous(), exclude, k, d, dim is not None, resolved, int(num_threads))
