@@ -191,7 +191,7 @@ def test_topk_cpp_k_1024_and_thread_counts_and_isas():
     exclude = np.array([0, -1, 5002, 7, -1, 3, 100], dtype=np.int64)
     args = (query.numpy(), codes.numpy(), scales.numpy(), 48, exclude, 13)
     want = _C.int8_topk(*args, num_threads=1, isa="scalar")
-    isas = ["scalar"] + (["avx2"] if _C.int8_best_isa() == "avx2" else [])
+    isas = ["scalar"] + {"scalar": [], "avx2": ["avx2"], "avx512vnni": ["avx2", "avx512vnni"]}[_C.int8_best_isa()]
     for isa in isas:
         for threads in (1, 2, 3, 5):
             got = _C.int8_topk(*args, num_threads=threads, isa=isa)

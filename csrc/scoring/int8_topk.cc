@@ -19,6 +19,15 @@
 // zero-padded buffers of width round_up(dim, 32): a zero query byte zeroes the product, so reading
 // up to 31 bytes past `dim` in a corpus row is harmless as long as the bytes exist; the last rows,
 // where they might not, use the scalar dot.
+//
+// Dot products (AVX-512 VNNI)
+// ---------------------------
+// vpdpbusd adds four unsigned × signed byte products straight into an int32 lane, with no
+// intermediate saturation. Queries are offset to unsigned, qu = q + 128, and the offset is removed
+// with the row sums: q · x = qu · x − 128 · Σx. Each corpus block is repacked once (shared by all
+// queries) so that one zmm holds 4 consecutive columns of 16 rows; a query's 4 bytes are
+// broadcast, and each vpdpbusd advances 16 rows at once with no horizontal sums. Only `dim`
+// columns are packed (zeros beyond), so nothing is read past a row.
 #include "scoring/int8_topk.h"
 
 #include <algorithm>
@@ -42,7 +51,8 @@ namespace {
 
 constexpr int64_t kBlockRows = 128;  // 128 rows x 256 bytes = 32 KiB: fits L1d beside the queries
 constexpr int64_t kLanes = 32;        // bytes per AVX2 register
-constexpr int kGroup = 4;             // queries per micro-kernel call
+constexpr int kGroup = 4;             // queries per micro-kernel call (AVX2, scalar)
+constexpr int kVnniGroup = 8;         // queries per micro-kernel call (AVX-512 VNNI)
 constexpr int64_t kMinRowsPerThread = 1024;  // below this a thread costs more than it saves
 
 struct Candidate {
@@ -110,6 +120,38 @@ void block_dots_scalar(const QueryPack& pack, int64_t q0, int mr, const int8_t* 
   for (int m = 0; m < mr; ++m)
     for (int64_t j = 0; j < nrows; ++j) out[m * kBlockRows + j] = dot_scalar(pack.row(q0 + m), rows + j * row_stride, dim);
 }
+
+// A block of up to kBlockRows rows repacked for vpdpbusd: for row group g (16 rows) and column
+// quad c, 64 bytes = rows g·16 .. g·16+15, columns 4c .. 4c+3; plus each row's Σx.
+struct PackedBlock {
+  std::vector<int8_t> data;
+  std::vector<int32_t> row_sums;
+  int64_t quads = 0;
+};
+
+void pack_block(const int8_t* rows, int64_t nrows, int64_t row_stride, int64_t dim, PackedBlock& out) {
+  out.quads = (dim + 3) / 4;
+  const int64_t groups = (nrows + 31) / 32 * 2;  // the micro-kernel takes row groups in pairs
+  out.data.assign(static_cast<size_t>(groups * 16 * out.quads * 4), 0);
+  out.row_sums.assign(static_cast<size_t>(groups * 16), 0);
+  for (int64_t r = 0; r < nrows; ++r) {
+    const int8_t* x = rows + r * row_stride;
+    int8_t* dst = out.data.data() + (r / 16) * 16 * out.quads * 4 + (r % 16) * 4;
+    int32_t sum = 0;
+    const int64_t full = dim / 4;
+    for (int64_t c = 0; c < full; ++c) std::memcpy(dst + c * 64, x + 4 * c, 4);
+    for (int64_t d = 4 * full; d < dim; ++d) dst[full * 64 + (d - 4 * full)] = x[d];
+    for (int64_t d = 0; d < dim; ++d) sum += x[d];
+    out.row_sums[r] = 128 * sum;  // the offset term of q · x = qu · x − 128 · Σx
+  }
+}
+
+// Queries offset to unsigned (q + 128 as a byte), rows of `padded` bytes.
+struct UnsignedQueries {
+  std::vector<uint8_t> codes;
+  int64_t padded = 0;
+  const uint8_t* row(int64_t q) const { return codes.data() + q * padded; }
+};
 
 #if OMNIKERN_X86
 
@@ -212,10 +254,58 @@ __attribute__((target("avx2"))) void block_dots_avx2(const QueryPack& pack, int6
 }
 
 bool cpu_has_avx2() { return __builtin_cpu_supports("avx2"); }
+bool cpu_has_avx512vnni() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+}
+
+// MR queries × 32 rows (two row groups) per call: 2·MR zmm accumulators.
+template <int MR>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void vnni_tile(const UnsignedQueries& uq, int64_t q0,
+                                                                        const PackedBlock& pb, int64_t g, int32_t* out) {
+  __m512i acc[MR][2];
+  for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_si512();
+  const int8_t* x0 = pb.data.data() + g * 16 * pb.quads * 4;
+  const int8_t* x1 = x0 + 16 * pb.quads * 4;
+  for (int64_t c = 0; c < pb.quads; ++c) {
+    const __m512i a = _mm512_loadu_si512(x0 + c * 64);
+    const __m512i b = _mm512_loadu_si512(x1 + c * 64);
+    for (int m = 0; m < MR; ++m) {
+      int32_t word;
+      std::memcpy(&word, uq.row(q0 + m) + 4 * c, 4);
+      const __m512i qb = _mm512_set1_epi32(word);
+      acc[m][0] = _mm512_dpbusd_epi32(acc[m][0], qb, a);
+      acc[m][1] = _mm512_dpbusd_epi32(acc[m][1], qb, b);
+    }
+  }
+  // q · x = qu · x − 128 · Σx
+  const __m512i s0 = _mm512_loadu_si512(pb.row_sums.data() + g * 16);
+  const __m512i s1 = _mm512_loadu_si512(pb.row_sums.data() + g * 16 + 16);
+  for (int m = 0; m < MR; ++m) {
+    _mm512_storeu_si512(out + m * kBlockRows + g * 16, _mm512_sub_epi32(acc[m][0], s0));
+    _mm512_storeu_si512(out + m * kBlockRows + g * 16 + 16, _mm512_sub_epi32(acc[m][1], s1));
+  }
+}
+
+// out[m * kBlockRows + j] for m < mr (<= kVnniGroup), j < round_up(nrows, 32).
+void block_dots_vnni(const UnsignedQueries& uq, int64_t q0, int mr, const PackedBlock& pb, int64_t nrows, int32_t* out) {
+  for (int64_t g = 0; g < (nrows + 15) / 16; g += 2) {
+    switch (mr) {
+      case 1: vnni_tile<1>(uq, q0, pb, g, out); break;
+      case 2: vnni_tile<2>(uq, q0, pb, g, out); break;
+      case 3: vnni_tile<3>(uq, q0, pb, g, out); break;
+      case 4: vnni_tile<4>(uq, q0, pb, g, out); break;
+      case 5: vnni_tile<5>(uq, q0, pb, g, out); break;
+      case 6: vnni_tile<6>(uq, q0, pb, g, out); break;
+      case 7: vnni_tile<7>(uq, q0, pb, g, out); break;
+      default: vnni_tile<8>(uq, q0, pb, g, out); break;
+    }
+  }
+}
 
 #else
 
 bool cpu_has_avx2() { return false; }
+bool cpu_has_avx512vnni() { return false; }
 
 #endif  // OMNIKERN_X86
 
@@ -246,9 +336,10 @@ void check_input(const Int8TopkInput& in) {
 
 Int8Isa parse_int8_isa(const std::string& name) {
   if (name == "auto") return Int8Isa::kAuto;
+  if (name == "avx512vnni") return Int8Isa::kAvx512Vnni;
   if (name == "avx2") return Int8Isa::kAvx2;
   if (name == "scalar") return Int8Isa::kScalar;
-  throw std::invalid_argument("isa must be 'auto', 'avx2' or 'scalar', got '" + name + "'");
+  throw std::invalid_argument("isa must be 'auto', 'avx512vnni', 'avx2' or 'scalar', got '" + name + "'");
 }
 
 void quantize_int8_rows(const float* x, int64_t rows, int64_t stride, int64_t dim, int8_t* codes, float* scales) {
@@ -271,16 +362,25 @@ void quantize_int8_rows(const float* x, int64_t rows, int64_t stride, int64_t di
   }
 }
 
-std::string int8_best_isa() { return cpu_has_avx2() ? "avx2" : "scalar"; }
+std::string int8_best_isa() { return cpu_has_avx512vnni() ? "avx512vnni" : cpu_has_avx2() ? "avx2" : "scalar"; }
 
 void int8_topk(const Int8TopkInput& in, float* out_scores, int64_t* out_indices, int num_threads, Int8Isa isa) {
   check_input(in);
-  if (isa == Int8Isa::kAuto) isa = cpu_has_avx2() ? Int8Isa::kAvx2 : Int8Isa::kScalar;
+  if (isa == Int8Isa::kAuto) isa = parse_int8_isa(int8_best_isa());
   if (isa == Int8Isa::kAvx2 && !cpu_has_avx2()) throw std::invalid_argument("isa 'avx2' is not supported by this CPU");
+  if (isa == Int8Isa::kAvx512Vnni && !cpu_has_avx512vnni())
+    throw std::invalid_argument("isa 'avx512vnni' is not supported by this CPU");
   BlockDotFn block_dots = block_dots_scalar;
 #if OMNIKERN_X86
   if (isa == Int8Isa::kAvx2) block_dots = block_dots_avx2;
 #endif
+  auto block_dots_avx2_or_scalar = [] {
+#if OMNIKERN_X86
+    return static_cast<BlockDotFn>(block_dots_avx2);
+#else
+    return static_cast<BlockDotFn>(block_dots_scalar);
+#endif
+  };
   const int64_t Q = in.num_queries, N = in.num_rows, K = in.k, dim = in.dim;
   const float neg_inf = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < Q * K; ++i) {
@@ -318,8 +418,19 @@ void int8_topk(const Int8TopkInput& in, float* out_scores, int64_t* out_indices,
   std::vector<Candidate> candidates(static_cast<size_t>(threads) * Q * K);
   std::vector<int64_t> counts(static_cast<size_t>(threads) * Q, 0);
   const int64_t chunk = (N + threads - 1) / threads;
+  // VNNI pays a repacking pass per block; with fewer queries than a group it is not worth it.
+  const bool use_vnni = OMNIKERN_X86 && isa == Int8Isa::kAvx512Vnni && Q >= kGroup;
+  if (isa == Int8Isa::kAvx512Vnni && !use_vnni) block_dots = cpu_has_avx2() ? block_dots_avx2_or_scalar() : block_dots_scalar;
+  UnsignedQueries uq;
+  if (use_vnni) {
+    uq.padded = pack.padded;
+    uq.codes.resize(pack.codes.size());
+    for (size_t i = 0; i < uq.codes.size(); ++i) uq.codes[i] = static_cast<uint8_t>(pack.codes[i] ^ 0x80);
+  }
+  const int group = use_vnni ? kVnniGroup : kGroup;
   parallel_for(static_cast<size_t>(threads), threads, 1, [&](size_t tb, size_t te) {
-    std::vector<int32_t> dots(static_cast<size_t>(kGroup * kBlockRows));
+    std::vector<int32_t> dots(static_cast<size_t>(kVnniGroup * kBlockRows));
+    PackedBlock packed;
     std::vector<float> scores(static_cast<size_t>(kBlockRows));
     std::vector<BoundedHeap> heaps(static_cast<size_t>(Q));
     for (size_t t = tb; t < te; ++t) {
@@ -329,9 +440,15 @@ void int8_topk(const Int8TopkInput& in, float* out_scores, int64_t* out_indices,
       for (int64_t r0 = begin; r0 < end; r0 += kBlockRows) {
         const int64_t nrows = std::min(kBlockRows, end - r0);
         const int8_t* rows = in.codes + r0 * in.row_stride;
-        for (int64_t q0 = 0; q0 < Q; q0 += kGroup) {
-          const int mr = static_cast<int>(std::min<int64_t>(kGroup, Q - q0));
-          block_dots(pack, q0, mr, rows, nrows, in.row_stride, dim, vector_rows - r0, dots.data());
+        if (use_vnni) pack_block(rows, nrows, in.row_stride, dim, packed);
+        for (int64_t q0 = 0; q0 < Q; q0 += group) {
+          const int mr = static_cast<int>(std::min<int64_t>(group, Q - q0));
+#if OMNIKERN_X86
+          if (use_vnni)
+            block_dots_vnni(uq, q0, mr, packed, nrows, dots.data());
+          else
+#endif
+            block_dots(pack, q0, mr, rows, nrows, in.row_stride, dim, vector_rows - r0, dots.data());
           for (int m = 0; m < mr; ++m) {
             const int64_t q = q0 + m;
             const float qf = in.query_factors[q];

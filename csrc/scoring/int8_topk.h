@@ -8,13 +8,14 @@
 
 namespace omnikern {
 
-/// Instruction sets for the dot-product kernel. kAuto picks the best the CPU supports.
-enum class Int8Isa { kAuto, kAvx2, kScalar };
+/// Instruction sets for the dot-product kernel. kAuto picks the best the CPU supports:
+/// AVX-512 VNNI (vpdpbusd), else AVX2 (vpmaddubsw/vpmaddwd), else portable scalar C++.
+enum class Int8Isa { kAuto, kAvx512Vnni, kAvx2, kScalar };
 
-/// Parses "auto" | "avx2" | "scalar"; throws std::invalid_argument otherwise.
+/// Parses "auto" | "avx512vnni" | "avx2" | "scalar"; throws std::invalid_argument otherwise.
 Int8Isa parse_int8_isa(const std::string& name);
 
-/// The instruction set kAuto resolves to on this CPU ("avx2" or "scalar").
+/// The instruction set kAuto resolves to on this CPU ("avx512vnni", "avx2" or "scalar").
 std::string int8_best_isa();
 
 /// Inputs of int8_topk. All pointers are row-major and must outlive the call.

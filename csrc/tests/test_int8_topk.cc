@@ -83,7 +83,8 @@ void check_case(int64_t Q, int64_t N, int64_t D, int64_t dim, int64_t k, bool no
   in.k = k;
   const Result want = brute_force(in);
   std::vector<omnikern::Int8Isa> isas = {omnikern::Int8Isa::kScalar};
-  if (omnikern::int8_best_isa() == "avx2") isas.push_back(omnikern::Int8Isa::kAvx2);
+  if (omnikern::int8_best_isa() != "scalar") isas.push_back(omnikern::Int8Isa::kAvx2);
+  if (omnikern::int8_best_isa() == "avx512vnni") isas.push_back(omnikern::Int8Isa::kAvx512Vnni);
   for (omnikern::Int8Isa isa : isas) {
     for (int threads : {1, 2, 3, 7}) {
       Result got{std::vector<float>(Q * k), std::vector<int64_t>(Q * k)};
