@@ -123,6 +123,7 @@ TOPK_CASES = [
     (2, 50, 31, 16, 31, False),  # dim = D: the full cosine
     (6, 45, 40, 64, None, True),  # k > N
     (1, 1, 1, 3, None, False),
+    (70, 100, 16, 32, None, True),  # two query blocks; k = 32, the largest merged by row maxima
 ]
 
 

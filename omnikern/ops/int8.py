@@ -42,14 +42,15 @@ N = 10M, D = 256 takes 0.78 ms and becomes compute-bound above ≈ 295 queries p
 
 CPU
 ---
-Without a GPU the default is the C++ kernel in ``omnikern._C`` (AVX2 ``vpmaddubsw``/``vpmaddwd``
-dot products, corpus blocks sized for L1, one thread per corpus chunk, a bounded heap per query;
-see ``csrc/scoring/int8_topk.cc``).
+Without a GPU the default is the C++ kernel in ``omnikern._C`` (see ``csrc/scoring/int8_topk.cc``):
+corpus blocks sized for L1, one thread per corpus chunk, a bounded heap per query filtered by its
+current k-th score, and integer dot products picked at run time: AVX-512 VNNI ``vpdpbusd`` on
+repacked 16-row blocks, else AVX2 ``vpmaddubsw``/``vpmaddwd`` (sign trick), else portable C++.
+All three give identical results for any thread count. The C++ side also quantises the queries,
+so a call does no per-query torch work.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import triton
@@ -505,8 +506,9 @@ def int8_topk(
         exclude: (Q,) int64, a row index to leave out per query (e.g. the query's own item), or a
             negative value for none; or None.
         impl: ``"auto"`` (Triton on CUDA or under the interpreter; the C++ kernel on CPU
-            otherwise), ``"triton"``, ``"cpp"`` (CPU: AVX2 or portable C++) or ``"torch"``
-            (chunked matmul, any device).
+            otherwise), ``"triton"``, ``"cpp"`` (CPU: AVX-512 VNNI, AVX2 or portable C++, chosen
+            at run time; ``omnikern._C.int8_best_isa()`` says which) or ``"torch"`` (chunked
+            matmul, any device).
         num_threads: threads for ``"cpp"`` (None: ``torch.get_num_threads()``).
 
     Raises:
