@@ -54,6 +54,7 @@ constexpr int64_t kLanes = 32;        // bytes per AVX2 register
 constexpr int kGroup = 4;             // queries per micro-kernel call (AVX2, scalar)
 constexpr int kVnniGroup = 8;         // queries per micro-kernel call (AVX-512 VNNI)
 constexpr int64_t kMinRowsPerThread = 1024;  // below this a thread costs more than it saves
+constexpr int64_t kMaxQueriesPerPass = 4096;  // bounds the heaps' memory (see int8_topk)
 
 struct Candidate {
   float score;
@@ -381,6 +382,19 @@ void int8_topk(const Int8TopkInput& in, float* out_scores, int64_t* out_indices,
     return static_cast<BlockDotFn>(block_dots_scalar);
 #endif
   };
+  // Very large batches run in slices: the per-thread heaps take threads · Q · k candidates, and a
+  // few thousand queries per corpus pass already make the pass compute-bound.
+  if (in.num_queries > kMaxQueriesPerPass) {
+    for (int64_t q0 = 0; q0 < in.num_queries; q0 += kMaxQueriesPerPass) {
+      Int8TopkInput part = in;
+      part.num_queries = std::min(kMaxQueriesPerPass, in.num_queries - q0);
+      part.queries = in.queries + q0 * in.query_stride;
+      part.query_factors = in.query_factors + q0;
+      part.exclude = in.exclude ? in.exclude + q0 : nullptr;
+      int8_topk(part, out_scores + q0 * in.k, out_indices + q0 * in.k, num_threads, isa);
+    }
+    return;
+  }
   const int64_t Q = in.num_queries, N = in.num_rows, K = in.k, dim = in.dim;
   const float neg_inf = -std::numeric_limits<float>::infinity();
   for (int64_t i = 0; i < Q * K; ++i) {

@@ -113,6 +113,8 @@ void run_tests() {
   check_case(3, 40, 48, 48, 40, false, true, 128, 6);
   check_case(2, 40, 48, 20, 57, true, true, 128, 7);
   check_case(1, 1, 1, 1, 3, false, false, 128, 8);
+  // More queries than one pass takes: sliced batches.
+  check_case(4100, 60, 8, 8, 3, false, true, 128, 9);
 
   // Bad inputs throw, never crash.
   std::vector<int8_t> q(8, 1), x(16, 1);
