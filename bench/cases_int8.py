@@ -26,8 +26,9 @@ def _clustered(n: int, d: int, generator: torch.Generator, clusters: int = 1024)
     return out
 
 
-def _exact_topk(queries: torch.Tensor, base: torch.Tensor, k: int) -> torch.Tensor:
-    return torch.cat([torch.topk(q @ base.T, k, dim=1).indices for q in queries.split(256)])
+def _chunked_topk(queries: torch.Tensor, base: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
+    """matmul + topk over query chunks, so that the (chunk, N) score block stays bounded."""
+    return torch.cat([torch.topk(q @ base.T, k, dim=1).indices for q in queries.split(chunk)])
 
 
 def _recall(found: torch.Tensor, truth: torch.Tensor) -> float:
@@ -70,10 +71,11 @@ def cases(device: str, quick: bool) -> list[Case]:
     gen = torch.Generator().manual_seed(0)
     base = _clustered(n, d, gen)
     queries = _clustered(q_batch, d, gen)
-    truth = _exact_topk(queries, base, k)
-    codes, scales = quantize_int8(base, impl="torch")
-    codes, scales = codes.to(device), scales.to(device)
-    queries_dev = queries.to(device)
+    base_dev, queries_dev = base.to(device), queries.to(device)
+    # Score blocks of at most 2^30 floats (4 GiB) per matmul: a GPU cannot hold 1024 × 10M.
+    chunk = max(1, min(q_batch, (1 << 30) // n)) if device == "cuda" else q_batch
+    truth = _chunked_topk(queries_dev, base_dev, k, chunk).cpu()
+    codes, scales = quantize_int8(base_dev, impl="torch")
 
     out: list[Case] = []
 
@@ -92,22 +94,23 @@ def cases(device: str, quick: bool) -> list[Case]:
         lambda: int8_topk(queries_dev, codes, scales, k)[1], d + 4, q_batch,
         {"impl": "triton" if device == "cuda" else "cpp"},
     )
-    base_dev = base.to(device)
     add(
         "torch", "batched",
-        lambda: torch.topk(queries_dev @ base_dev.T, k, dim=1),
-        lambda: torch.topk(queries_dev @ base_dev.T, k, dim=1).indices, 4 * d, q_batch, {"dtype": "float32"},
+        lambda: _chunked_topk(queries_dev, base_dev, k, chunk),
+        lambda: _chunked_topk(queries_dev, base_dev, k, chunk), 4 * d, q_batch,
+        {"dtype": "float32", "query_chunk": chunk},
     )
     if device == "cuda":
         base_half, queries_half = base_dev.half(), queries_dev.half()
         add(
             "torch.fp16", "batched",
-            lambda: torch.topk(queries_half @ base_half.T, k, dim=1),
-            lambda: torch.topk(queries_half @ base_half.T, k, dim=1).indices, 2 * d, q_batch,
+            lambda: _chunked_topk(queries_half, base_half, k, chunk),
+            lambda: _chunked_topk(queries_half, base_half, k, chunk), 2 * d, q_batch, {"query_chunk": chunk},
         )
-    # torch._int_mm + topk: slow on CPU (≈ 10 q/s at 1M), so it runs on a slice there.
+    # torch._int_mm + topk writes the whole int32 (Q, rows) block: it runs on a slice of the corpus
+    # (1/16 on CPU where it is slow, 1/10 on a GPU where 1024 × 10M int32 would not fit).
     qcodes, qscales = quantize_int8(queries_dev, impl="torch")
-    rows = n if device == "cuda" else max(k, n // 16)
+    rows = max(k, n // 10) if device == "cuda" else max(k, n // 16)
 
     codes_t = codes[:rows].T  # (D, rows), column-major as CUDA's _int_mm wants
 
