@@ -173,7 +173,7 @@ class Int8Index:
         return removed
 
     def search(
-        self, queries, k: int, dim: int | None = None, rerank: int = 0, *, impl: str = "auto"
+        self, queries, k: int, dim: int | None = None, rerank: int = 0, *, exclude_ids=None, impl: str = "auto"
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(scores float32 (Q, k), ids int64 (Q, k))``, best first.
 
@@ -182,7 +182,8 @@ class Int8Index:
         the int8 search returns a shortlist of ``max(m, k)`` rows that is re-scored with the float
         vectors (inner product, or cosine of the float prefixes with ``dim``), recovering the exact
         order within the shortlist. Ties: lower insertion position first. Missing slots (k > N) hold
-        score ``-inf`` and id ``-1``.
+        score ``-inf`` and id ``-1``. ``exclude_ids`` (Q,) int64 leaves out one id per query (e.g.
+        the query's own item; ids not in the index exclude nothing).
 
         Raises:
             ValueError: empty index, bad ``k``/``dim``/``rerank``, ``rerank`` without ``keep_float``,
@@ -198,12 +199,25 @@ class Int8Index:
         if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
         queries = queries.to(self.device)
+        exclude = None if exclude_ids is None else self._positions(exclude_ids, queries.shape[0])
         shortlist = max(k, rerank) if rerank else k
-        scores, pos = int8_topk(queries, self.codes, self.scales, shortlist, dim, impl=impl)
+        scores, pos = int8_topk(queries, self.codes, self.scales, shortlist, dim, exclude, impl=impl)
         if rerank:
             scores, pos = self._rerank(queries, pos, k, dim)
         ids = torch.where(pos >= 0, self.ids[pos.clamp_min(0)], torch.full_like(pos, -1))
         return scores, ids
+
+    def _positions(self, exclude_ids, num_queries: int) -> torch.Tensor:
+        """Row positions (Q,) of the ids to exclude, -1 where an id is not in the index."""
+        ids = _as_tensor(exclude_ids, "exclude_ids")
+        if ids.dtype != torch.int64:
+            raise TypeError(f"exclude_ids must be int64, got {ids.dtype}")
+        if ids.shape != (num_queries,):
+            raise ValueError(f"exclude_ids must have shape ({num_queries},), one id per query, got {tuple(ids.shape)}")
+        ids = ids.to(self.device)
+        sorted_ids, order = torch.sort(self.ids)
+        at = torch.searchsorted(sorted_ids, ids).clamp_max(self._size - 1)
+        return torch.where(sorted_ids[at] == ids, order[at], torch.full_like(ids, -1))
 
     def _rerank(self, queries: torch.Tensor, pos: torch.Tensor, k: int, dim: int | None):
         d = self.dim if dim is None else dim

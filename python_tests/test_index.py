@@ -84,6 +84,25 @@ def test_search_matches_reference_and_maps_ids():
     assert sorted(found[0, :300].tolist()) == sorted(ids.tolist())
 
 
+def test_exclude_ids_leaves_out_the_query_item():
+    base = _random_data(200, 16)
+    ids = torch.arange(200, dtype=torch.int64) * 7 + 5
+    index = Int8Index(16, keep_float=True)
+    index.add(base, ids)
+    queries = base[[0, 10, 20]]
+    _, found = index.search(queries, 3, impl=IMPL)
+    assert found[:, 0].tolist() == ids[[0, 10, 20]].tolist()  # a vector's best match is itself
+    exclude = torch.tensor([5, 75, 999])  # the last id is not in the index: nothing excluded
+    for rerank in (0, 12):
+        _, found = index.search(queries, 3, rerank=rerank, exclude_ids=exclude, impl=IMPL)
+        assert 5 not in found[0].tolist() and 75 not in found[1].tolist()
+        assert found[2, 0].item() == ids[20].item()
+    with pytest.raises(ValueError, match="exclude_ids"):
+        index.search(queries, 3, exclude_ids=torch.tensor([1, 2]), impl=IMPL)
+    with pytest.raises(TypeError, match="exclude_ids"):
+        index.search(queries, 3, exclude_ids=torch.tensor([1, 2, 3], dtype=torch.int32), impl=IMPL)
+
+
 def test_rerank_orders_by_exact_float_scores():
     base = _clustered_data(2000, 32)
     queries = _clustered_data(10, 32)
