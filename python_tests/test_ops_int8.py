@@ -182,7 +182,6 @@ def test_topk_triton_large_k_bitonic_path():
     assert_topk_matches(scores, indices, query, codes, scales, 40, None, exclude, name="bitonic")
 
 
-@pytest.mark.skipif(CUDA, reason="the C++ path is the CPU path")
 def test_topk_cpp_k_1024_and_thread_counts_and_isas():
     """k = 1024 works; results are identical for any thread count and for AVX2 vs scalar."""
     codes, scales = quantize_int8_ref(_unit(5003, 48))
@@ -212,7 +211,6 @@ def test_topk_cpp_k_1024_and_thread_counts_and_isas():
     assert np.array_equal(got_codes, want_codes.numpy()) and np.array_equal(got_scales, want_scales.numpy())
 
 
-@pytest.mark.skipif(CUDA, reason="the C++ path is the CPU path")
 def test_topk_cpp_handles_minus_128_codes():
     """Codes made elsewhere may hold -128; the AVX2 sign trick must still be exact."""
     codes = torch.randint(-128, 128, (300, 64), dtype=torch.int8)

@@ -371,17 +371,12 @@ void int8_topk(const Int8TopkInput& in, float* out_scores, int64_t* out_indices,
   if (isa == Int8Isa::kAvx2 && !cpu_has_avx2()) throw std::invalid_argument("isa 'avx2' is not supported by this CPU");
   if (isa == Int8Isa::kAvx512Vnni && !cpu_has_avx512vnni())
     throw std::invalid_argument("isa 'avx512vnni' is not supported by this CPU");
+  // Row-wise kernel: AVX2 also serves the VNNI setting for batches too small to repack a block
+  // for (every AVX-512 VNNI CPU has AVX2).
   BlockDotFn block_dots = block_dots_scalar;
 #if OMNIKERN_X86
-  if (isa == Int8Isa::kAvx2) block_dots = block_dots_avx2;
+  if (isa == Int8Isa::kAvx2 || isa == Int8Isa::kAvx512Vnni) block_dots = block_dots_avx2;
 #endif
-  auto block_dots_avx2_or_scalar = [] {
-#if OMNIKERN_X86
-    return static_cast<BlockDotFn>(block_dots_avx2);
-#else
-    return static_cast<BlockDotFn>(block_dots_scalar);
-#endif
-  };
   // Very large batches run in slices: the per-thread heaps take threads · Q · k candidates, and a
   // few thousand queries per corpus pass already make the pass compute-bound.
   if (in.num_queries > kMaxQueriesPerPass) {
@@ -412,7 +407,8 @@ void int8_topk(const Int8TopkInput& in, float* out_scores, int64_t* out_indices,
   const int64_t total = N * in.row_stride;
   const int64_t vector_rows = std::max<int64_t>(0, std::min<int64_t>(N, (total - pack.padded) / in.row_stride + 1));
 
-  const int threads = std::max(1, std::min<int>(resolve_num_threads(num_threads), static_cast<int>((N + kMinRowsPerThread - 1) / kMinRowsPerThread)));
+  const int threads = std::max(1, std::min<int>(resolve_num_threads(num_threads),
+                                                static_cast<int>((N + kMinRowsPerThread - 1) / kMinRowsPerThread)));
   std::vector<float> row_factor_storage;
   const float* row_factors = in.row_factors;
   if (in.normalize_rows) {
@@ -434,7 +430,6 @@ void int8_topk(const Int8TopkInput& in, float* out_scores, int64_t* out_indices,
   const int64_t chunk = (N + threads - 1) / threads;
   // VNNI pays a repacking pass per block; with fewer queries than a group it is not worth it.
   const bool use_vnni = OMNIKERN_X86 && isa == Int8Isa::kAvx512Vnni && Q >= kGroup;
-  if (isa == Int8Isa::kAvx512Vnni && !use_vnni) block_dots = cpu_has_avx2() ? block_dots_avx2_or_scalar() : block_dots_scalar;
   UnsignedQueries uq;
   if (use_vnni) {
     uq.padded = pack.padded;
