@@ -12,6 +12,10 @@
 #include <vector>
 
 #include "hashing/string_hash.h"
+#include "common/parallel.h"
+#include "tokenize/wordpiece.h"
+#include "unicode/unicode.h"
+#include "pooling/pooling.h"
 #include "scoring/int8_topk.h"
 
 namespace py = pybind11;
@@ -53,6 +57,150 @@ py::array_t<int64_t> hash_ids(const py::iterable& strings) {
 
 }  // namespace
 
+// ---- wordpiece + unicode (helpers) ----
+namespace {
+
+// The UTF-8 bytes of a str (CPython caches them on the object) or of a bytes object, without a
+// copy: valid while `item` is alive. A str with lone surrogates raises UnicodeEncodeError (a
+// ValueError); other types raise TypeError naming `arg_name`.
+std::string_view utf8_view(py::handle item, const char* arg_name) {
+  if (PyUnicode_Check(item.ptr())) {
+    Py_ssize_t size = 0;
+    const char* data = PyUnicode_AsUTF8AndSize(item.ptr(), &size);
+    if (data == nullptr) throw py::error_already_set();
+    return std::string_view(data, static_cast<size_t>(size));
+  }
+  if (PyBytes_Check(item.ptr())) {
+    return std::string_view(PyBytes_AS_STRING(item.ptr()), static_cast<size_t>(PyBytes_GET_SIZE(item.ptr())));
+  }
+  throw py::type_error(std::string(arg_name) + " must be str or bytes, got " +
+                       std::string(py::str(py::type::of(item).attr("__name__"))));
+}
+
+std::u32string to_u32(py::handle text, const char* arg_name) {
+  return omnikern::unicode::decode_utf8(utf8_view(text, arg_name));
+}
+
+py::str from_u32(const std::u32string& text) {
+  const std::string utf8 = omnikern::unicode::encode_utf8(text);
+  return py::str(utf8.data(), utf8.size());
+}
+
+omnikern::unicode::Ucd parse_ucd(const std::string& version) {
+  if (version == "8.0") return omnikern::unicode::Ucd::kV8;
+  if (version == "17.0") return omnikern::unicode::Ucd::kV17;
+  throw std::invalid_argument("unicode_version must be '8.0' or '17.0', got '" + version + "'");
+}
+
+// (input_ids, attention_mask), both int64 (B, L) with L the longest row, padded with pad_id / 0.
+py::tuple wordpiece_encode_batch(const omnikern::WordPieceTokenizer& tok, const py::iterable& texts,
+                                 int num_threads) {
+  const py::list items(texts);  // holds every item alive while its bytes are viewed
+  std::vector<std::string_view> views;
+  views.reserve(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    const py::handle item = items[i];
+    if (!PyUnicode_Check(item.ptr()) && !PyBytes_Check(item.ptr()))
+      throw py::type_error("texts[" + std::to_string(i) + "] must be str or bytes, got " +
+                           std::string(py::str(py::type::of(item).attr("__name__"))));
+    views.push_back(utf8_view(item, "texts"));
+  }
+  std::vector<std::vector<int32_t>> rows;
+  size_t longest = 0;
+  {
+    py::gil_scoped_release release;
+    rows = tok.encode_batch(views, num_threads);
+    for (const auto& r : rows) longest = std::max(longest, r.size());
+  }
+  const auto b = static_cast<py::ssize_t>(rows.size()), l = static_cast<py::ssize_t>(longest);
+  py::array_t<int64_t> ids({b, l}), mask({b, l});
+  int64_t* ids_out = ids.mutable_data();
+  int64_t* mask_out = mask.mutable_data();
+  const int64_t pad = tok.pad_id();
+  {
+    py::gil_scoped_release release;
+    omnikern::parallel_for(rows.size(), num_threads, 4096, [&](size_t begin, size_t end) {
+      for (size_t i = begin; i < end; ++i) {
+        int64_t* row_ids = ids_out + i * longest;
+        int64_t* row_mask = mask_out + i * longest;
+        const auto& r = rows[i];
+        for (size_t j = 0; j < longest; ++j) {
+          const bool real = j < r.size();
+          row_ids[j] = real ? r[j] : pad;
+          row_mask[j] = real ? 1 : 0;
+        }
+      }
+    });
+  }
+  return py::make_tuple(ids, mask);
+}
+
+}  // namespace
+// ---- end wordpiece + unicode (helpers) ----
+// ---- pooling ----
+namespace {
+
+// Checks `arr` is C-contiguous with native byte order and `ndim` dimensions; the Python wrapper
+// copies other layouts before calling, direct callers get a ValueError naming the argument.
+void check_plain_array(const py::array& arr, const char* arg_name, py::ssize_t ndim) {
+  if (arr.ndim() != ndim)
+    throw std::invalid_argument(std::string(arg_name) + " must have " + std::to_string(ndim) +
+                                " dimensions, got " + std::to_string(arr.ndim()));
+  if (!(arr.flags() & py::array::c_style))
+    throw std::invalid_argument(std::string(arg_name) + " must be C-contiguous (use np.ascontiguousarray)");
+  if (!arr.dtype().attr("isnative").cast<bool>())
+    throw std::invalid_argument(std::string(arg_name) + " must have native byte order");
+}
+
+std::string dtype_name(const py::array& arr) { return py::str(arr.dtype()).cast<std::string>(); }
+
+py::array_t<float> pool_arrays(const py::array& token_embeddings, const py::array& attention_mask,
+                               const std::vector<std::string>& modes, int num_threads) {
+  check_plain_array(token_embeddings, "token_embeddings", 3);
+  check_plain_array(attention_mask, "attention_mask", 2);
+  const char kind = token_embeddings.dtype().kind();
+  const py::ssize_t size = token_embeddings.itemsize();
+  omnikern::EmbeddingType emb_type;
+  if (kind == 'f' && size == 4) {
+    emb_type = omnikern::EmbeddingType::kFloat32;
+  } else if (kind == 'f' && size == 2) {
+    emb_type = omnikern::EmbeddingType::kFloat16;
+  } else {
+    throw py::type_error("token_embeddings must be float32 or float16, got " + dtype_name(token_embeddings));
+  }
+  const char mask_kind = attention_mask.dtype().kind();
+  const py::ssize_t mask_size = attention_mask.itemsize();
+  omnikern::MaskType mask_type;
+  if (mask_kind == 'i' && mask_size == 8) {
+    mask_type = omnikern::MaskType::kInt64;
+  } else if (mask_kind == 'i' && mask_size == 4) {
+    mask_type = omnikern::MaskType::kInt32;
+  } else if ((mask_kind == 'b' || mask_kind == 'u') && mask_size == 1) {
+    mask_type = omnikern::MaskType::kUInt8;
+  } else {
+    throw py::type_error("attention_mask must be int64, int32, bool or uint8, got " + dtype_name(attention_mask));
+  }
+  const py::ssize_t B = token_embeddings.shape(0), L = token_embeddings.shape(1), H = token_embeddings.shape(2);
+  if (attention_mask.shape(0) != B || attention_mask.shape(1) != L)
+    throw std::invalid_argument("attention_mask must have shape (B, L) = (" + std::to_string(B) + ", " +
+                                std::to_string(L) + ") to match token_embeddings, got (" +
+                                std::to_string(attention_mask.shape(0)) + ", " +
+                                std::to_string(attention_mask.shape(1)) + ")");
+  std::vector<omnikern::PoolMode> parsed;
+  for (const std::string& name : modes) parsed.push_back(omnikern::parse_pool_mode(name));
+  py::array_t<float> out({B, H * static_cast<py::ssize_t>(parsed.size())});
+  const void* emb_ptr = token_embeddings.data();
+  const void* mask_ptr = attention_mask.data();
+  float* out_ptr = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    omnikern::pool(emb_ptr, emb_type, mask_ptr, mask_type, B, L, H, parsed, out_ptr, num_threads);
+  }
+  return out;
+}
+
+}  // namespace
+// ---- end pooling ----
 // ---- int8 scoring: helpers ----
 namespace {
 
@@ -138,6 +286,7 @@ py::tuple quantize_int8_py(const FloatArray& x) {
 }
 
 }  // namespace
+// ---- end int8 scoring: helpers ----
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "omnikern C++ extension: text processing, hashing and CPU scoring on plain buffers";
@@ -155,6 +304,110 @@ PYBIND11_MODULE(_C, m) {
         return omnikern::leveldb_hash32(std::string_view(data), seed);
       },
       py::arg("data"), py::arg("seed") = 0xbc9f1d34u, "LevelDB's uint32 hash of raw bytes.");
+  // ---- wordpiece + unicode ----
+  m.attr("UNICODE_VERSIONS") = py::make_tuple(omnikern::unicode::tables::kVersionV8,
+                                              omnikern::unicode::tables::kVersionV17);
+  m.def(
+      "unicode_normalize",
+      [](const py::object& text, const std::string& form, const std::string& unicode_version) {
+        using omnikern::unicode::Form;
+        Form f;
+        if (form == "NFC") f = Form::NFC;
+        else if (form == "NFD") f = Form::NFD;
+        else if (form == "NFKC") f = Form::NFKC;
+        else if (form == "NFKD") f = Form::NFKD;
+        else throw std::invalid_argument("form must be one of NFC, NFD, NFKC, NFKD, got '" + form + "'");
+        return from_u32(omnikern::unicode::normalize(to_u32(text, "text"), f, parse_ucd(unicode_version)));
+      },
+      py::arg("text"), py::arg("form"), py::arg("unicode_version") = "17.0",
+      "str: `text` (str or UTF-8 bytes) in normalisation form `form`. NFD may use unicode_version='8.0'.");
+  m.def(
+      "unicode_lowercase",
+      [](const py::object& text) { return from_u32(omnikern::unicode::lowercase(to_u32(text, "text"))); },
+      py::arg("text"), "str: full, context-free lowercase of each code point (Unicode 17).");
+  m.def(
+      "unicode_casefold",
+      [](const py::object& text) { return from_u32(omnikern::unicode::casefold(to_u32(text, "text"))); },
+      py::arg("text"), "str: full case folding of each code point (Unicode 17).");
+  m.def(
+      "unicode_category",
+      [](uint32_t cp, const std::string& unicode_version) {
+        static const char* names[] = {"Cn", "Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd",
+                                      "Nl", "No", "Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "Sm",
+                                      "Sc", "Sk", "So", "Zs", "Zl", "Zp", "Cc", "Cf", "Cs", "Co"};
+        if (cp > 0x10FFFF) throw std::invalid_argument("code_point must be <= 0x10FFFF, got " + std::to_string(cp));
+        return std::string(names[static_cast<int>(omnikern::unicode::category(cp, parse_ucd(unicode_version)))]);
+      },
+      py::arg("code_point"), py::arg("unicode_version") = "17.0",
+      "str: the general category of one code point in Unicode 8.0 or 17.0.");
+
+  py::class_<omnikern::WordPieceTokenizer>(m, "WordPieceTokenizer",
+                                           "BERT WordPiece with ids identical to HF tokenizers (see omnikern.text).")
+      .def(py::init([](const std::vector<std::pair<std::string, int32_t>>& vocab, bool clean_text,
+                       bool handle_chinese_chars, bool strip_accents, bool lowercase, const std::string& unk_token,
+                       const std::string& continuing_subword_prefix, size_t max_input_chars_per_word,
+                       const std::string& cls_token, const std::string& sep_token, const std::string& pad_token,
+                       const std::vector<std::string>& special_tokens, size_t max_length, bool add_special_tokens,
+                       const std::vector<std::string>& pre_normalization) {
+             omnikern::WordPieceOptions o;
+             o.normalizer = {clean_text, handle_chinese_chars, strip_accents, lowercase};
+             o.unk_token = unk_token;
+             o.continuing_subword_prefix = continuing_subword_prefix;
+             o.max_input_chars_per_word = max_input_chars_per_word;
+             o.cls_token = cls_token;
+             o.sep_token = sep_token;
+             o.pad_token = pad_token;
+             o.special_tokens = special_tokens;
+             o.max_length = max_length;
+             o.add_special_tokens = add_special_tokens;
+             for (const std::string& step : pre_normalization) {
+               if (step == "nfkc") o.pre_nfkc = true;
+               else if (step == "lowercase") o.pre_lowercase = true;
+               else if (step == "collapse_whitespace") o.pre_collapse_whitespace = true;
+               else if (step == "trim") o.pre_trim = true;
+               else throw std::invalid_argument("pre_normalization steps are nfkc, lowercase, collapse_whitespace, trim; got '" + step + "'");
+             }
+             return std::make_unique<omnikern::WordPieceTokenizer>(vocab, std::move(o));
+           }),
+           py::arg("vocab"), py::kw_only(), py::arg("clean_text"), py::arg("handle_chinese_chars"),
+           py::arg("strip_accents"), py::arg("lowercase"), py::arg("unk_token"),
+           py::arg("continuing_subword_prefix"), py::arg("max_input_chars_per_word"), py::arg("cls_token"),
+           py::arg("sep_token"), py::arg("pad_token"), py::arg("special_tokens"), py::arg("max_length"),
+           py::arg("add_special_tokens"), py::arg("pre_normalization") = std::vector<std::string>{})
+      .def(
+          "encode",
+          [](const omnikern::WordPieceTokenizer& tok, const py::object& text) {
+            const std::string_view bytes = utf8_view(text, "text");
+            std::vector<int32_t> ids;
+            {
+              py::gil_scoped_release release;
+              ids = tok.encode(bytes);
+            }
+            return ids;
+          },
+          py::arg("text"), "list[int]: the ids of one text (str or UTF-8 bytes).")
+      .def("encode_batch", &wordpiece_encode_batch, py::arg("texts"), py::arg("num_threads") = 0,
+           "(input_ids, attention_mask): int64 arrays (B, L), L = the longest row; rows padded with [PAD] / 0.")
+      .def(
+          "normalize",
+          [](const omnikern::WordPieceTokenizer& tok, const py::object& text) {
+            return from_u32(tok.normalize(to_u32(text, "text")));
+          },
+          py::arg("text"), "str: the BERT-normalised text (before splitting into words).")
+      .def("token_id", &omnikern::WordPieceTokenizer::token_id, py::arg("token"), "int: id of `token`, -1 if absent.")
+      .def_property_readonly("pad_id", &omnikern::WordPieceTokenizer::pad_id)
+      .def_property_readonly("unk_id", &omnikern::WordPieceTokenizer::unk_id)
+      .def_property_readonly("cls_id", &omnikern::WordPieceTokenizer::cls_id)
+      .def_property_readonly("sep_id", &omnikern::WordPieceTokenizer::sep_id);
+  // ---- end wordpiece + unicode ----
+
+  // ---- pooling ----
+  m.def("pool", &pool_arrays, py::arg("token_embeddings"), py::arg("attention_mask"), py::arg("modes"),
+        py::arg("num_threads") = 0,
+        "float32 (B, H * len(modes)) from C-contiguous token_embeddings (B, L, H) float32/float16 and "
+        "attention_mask (B, L) int64/int32/bool/uint8 (nonzero = attend); modes from 'cls', 'mean', "
+        "'mean_sqrt', 'max', concatenated in order. Releases the GIL; identical for any num_threads.");
+  // ---- end pooling ----
 
   // ---- int8 scoring ----
   m.def("int8_topk", &int8_topk_py, py::arg("queries"), py::arg("codes"), py::arg("scales"), py::arg("dim"),
@@ -164,10 +417,11 @@ PYBIND11_MODULE(_C, m) {
         "scales[i] (scales given), or the prefix cosine float(dot) * (1/|qc|) * (1/|c_i|) (scales None). "
         "Returns (scores float32 (Q, k), indices int64 (Q, k)): higher score first, ties lower index "
         "first, padding -inf / -1. exclude: int64 (Q,) row to skip per query (< 0: none) or None. "
-        "Results do not depend on num_threads (0 = all cores) or isa ('auto', 'avx2', 'scalar'). "
+        "Results do not depend on num_threads (0 = all cores) or isa ('auto', 'avx512vnni', 'avx2', 'scalar'). "
         "The GIL is released during the work.");
   m.def("quantize_int8", &quantize_int8_py, py::arg("x"),
         "(codes int8 (N, D), scales float32 (N,)) of float32 x (N, D), bit-identical to "
         "omnikern.quantize_int8.");
   m.def("int8_best_isa", &omnikern::int8_best_isa, "The instruction set int8_topk uses with isa='auto'.");
+  // ---- end int8 scoring ----
 }

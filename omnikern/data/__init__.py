@@ -1,3 +1,14 @@
 """The recipe catalogue, query construction and synthetic batches (issue: model and trainer)."""
 
-__all__: list[str] = []
+from omnikern.data.queries import Query, QueryConfig, QuerySets, build_query_sets
+from omnikern.data.recipes import CatalogueNotInstalledError, Recipe, load_recipes
+
+__all__ = [
+    "CatalogueNotInstalledError",
+    "Query",
+    "QueryConfig",
+    "QuerySets",
+    "Recipe",
+    "build_query_sets",
+    "load_recipes",
+]

@@ -1,5 +1,7 @@
 """Text processing over the C++ extension ``omnikern._C``: hashing, tokenizers, featurisers, pooling."""
 
 from omnikern.text.hashing import string_id_hash
+from omnikern.text.pooling import pool
+from omnikern.text.wordpiece import WordPieceTokenizer
 
-__all__ = ["string_id_hash"]
+__all__ = ["string_id_hash", "pool", "WordPieceTokenizer"]

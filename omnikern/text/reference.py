@@ -57,3 +57,38 @@ def string_id_hash_ref(strings, bits: int = 32) -> list[int]:
         else:
             ids.append(1 + (murmur_hash64a_ref(data) >> 1))
     return ids
+
+
+# ---- pooling ----
+
+
+def pool_ref(token_embeddings, attention_mask, modes=("mean",)):
+    """Pooled embeddings (B, H * len(modes)) float32 as ``omnikern.text.pool`` defines them, in torch.
+
+    ``token_embeddings`` (B, L, H) and ``attention_mask`` (B, L) are torch tensors (nonzero = attend).
+    Differentiable; masked positions are excluded with ``where`` (not ``* 0``), so NaN there is ignored.
+    """
+    import torch
+
+    if isinstance(modes, str):
+        modes = (modes,)
+    x = token_embeddings.float()
+    keep = (attention_mask != 0).unsqueeze(-1)  # (B, L, 1)
+    count = keep.sum(dim=1).to(x.dtype)  # (B, 1)
+    clamped = count.clamp(min=1e-9)
+    summed = torch.where(keep, x, torch.zeros((), dtype=x.dtype)).sum(dim=1)  # (B, H)
+    outputs = []
+    for mode in modes:
+        if mode == "cls":
+            outputs.append(x[:, 0])
+        elif mode == "mean":
+            outputs.append(summed / clamped)
+        elif mode == "mean_sqrt":
+            outputs.append(summed / clamped.sqrt())
+        elif mode == "max":
+            masked = torch.where(keep, x, torch.full((), float("-inf"), dtype=x.dtype))
+            # A fully masked row has no maximum: 0, as for mean.
+            outputs.append(torch.where(count > 0, masked.amax(dim=1), torch.zeros((), dtype=x.dtype)))
+        else:
+            raise ValueError(f"modes must hold 'cls', 'mean', 'mean_sqrt' or 'max', got {mode!r}")
+    return torch.cat(outputs, dim=-1)
