@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from conftest import CUDA, DEVICE
 
 from omnikern import _C
@@ -219,6 +221,33 @@ def test_topk_cpp_handles_minus_128_codes():
     query = torch.randn(5, 64)
     scores, indices = int8_topk(query, codes, scales, 10, impl="cpp")
     assert_topk_matches(scores, indices, query, codes, scales, 10, name="-128")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    Q=st.integers(1, 9),
+    N=st.integers(1, 300),
+    D=st.integers(1, 70),
+    extra_k=st.integers(-300, 5),
+    prefix=st.booleans(),
+    spread=st.sampled_from([1.0, 0.01]),
+    seed=st.integers(0, 2**16),
+)
+def test_topk_cpp_and_torch_match_reference_property(Q, N, D, extra_k, prefix, spread, seed):
+    """Random shapes, k from 1 to N + 5, prefixes, exclusions; `spread` 0.01 makes many codes
+    equal (ties). The C++ and torch paths agree with the reference."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, D, generator=gen)
+    x = torch.where(torch.rand(N, D, generator=gen) < 0.5, x * spread, x)
+    codes, scales = quantize_int8_ref(x / x.norm(dim=1, keepdim=True).clamp_min(1e-30))
+    query = torch.randn(Q, D, generator=gen)
+    query = query / query.norm(dim=1, keepdim=True)
+    k = max(1, N + extra_k)
+    dim = int(torch.randint(1, D + 1, (1,), generator=gen)) if prefix else None
+    exclude = torch.randint(-1, N, (Q,), generator=gen)
+    for impl in ("cpp", "torch"):
+        scores, indices = int8_topk(query, codes, scales, k, dim, exclude, impl=impl)
+        assert_topk_matches(scores, indices, query, codes, scales, k, dim, exclude, name=impl)
 
 
 def test_topk_empty_query_batch_and_custom_op():

@@ -234,7 +234,8 @@ __attribute__((target("avx2"))) int32_t dots_1x1(const QueryPack& pack, int64_t 
 __attribute__((target("avx2"))) void block_dots_avx2(const QueryPack& pack, int64_t q0, int mr, const int8_t* rows,
                                                      int64_t nrows, int64_t row_stride, int64_t dim,
                                                      int64_t vector_rows, int32_t* out) {
-  const int64_t nvec = std::min(nrows, vector_rows);
+  // vector_rows is relative to the block and may be negative for the corpus's last block.
+  const int64_t nvec = std::max<int64_t>(0, std::min(nrows, vector_rows));
   if (mr == kGroup) {
     int64_t j = 0;
     for (; j + 2 <= nvec; j += 2)

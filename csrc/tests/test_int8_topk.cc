@@ -113,6 +113,9 @@ void run_tests() {
   check_case(3, 40, 48, 48, 40, false, true, 128, 6);
   check_case(2, 40, 48, 20, 57, true, true, 128, 7);
   check_case(1, 1, 1, 1, 3, false, false, 128, 8);
+  // A last block that lies wholly past the rows safe for padded reads (narrow rows, dim < D).
+  check_case(3, 130, 7, 6, 1, true, true, 128, 10);
+  check_case(2, 2100, 5, 3, 4, false, true, 128, 11);
   // More queries than one pass takes: sliced batches.
   check_case(4100, 60, 8, 8, 3, false, true, 128, 9);
 
