@@ -9,8 +9,6 @@ from collections.abc import Sequence
 # Subcommands still being built: name -> the issue that delivers it. They exist so that `--help`
 # shows the whole tool, and say clearly that they are not there yet.
 _PLANNED = {
-    "train": ("train a model on the recipe catalogue", "the model and trainer issue"),
-    "eval": ("evaluate a checkpoint: Recall@10/100 and MRR", "the model and trainer issue"),
     "export-triton": ("write a Triton Inference Server model repository", "the serving issue"),
     "serve": ("start tritonserver on a model repository", "the serving issue"),
     "query": ("send a text query to a running server and print the top-k", "the serving issue"),
@@ -18,10 +16,13 @@ _PLANNED = {
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """Until the model and serving land, the demo runs the kernel benchmark in quick mode."""
-    from omnikern.demo import run_demo
+    """The main job: catalogue → legacy vectors → train on CPU → evaluate vs zero-shot → table
+    (``--ops``: only the quick op checks)."""
+    from omnikern.demo import run_demo, run_op_checks
 
-    return run_demo(quick=not args.full)
+    if args.ops:
+        return run_op_checks(quick=not args.full)
+    return run_demo(cache_dir=args.cache_dir, out=args.out, steps=args.steps, ablations=args.ablations)
 
 
 def _cmd_hash(args: argparse.Namespace) -> int:
@@ -43,9 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
         planned = sub.add_parser(name, help=f"{help_text} (not built yet)")
         planned.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
-    demo = sub.add_parser("demo", help="the main job on embedded defaults (today: quick kernel benchmark)")
-    demo.add_argument("--full", action="store_true", help="benchmark at full sizes instead of --quick")
+    # ---- model: train / eval / demo ----
+    from omnikern.models.commands import add_model_commands
+
+    add_model_commands(sub)
+    demo = sub.add_parser("demo", help="the main job: train on the recipe catalogue on CPU, compare with zero-shot MiniLM")
+    demo.add_argument("--cache-dir", help="cache for legacy vectors (default ~/.cache/omnikern)")
+    demo.add_argument("--out", help="run directory (default <cache-dir>/demo)")
+    demo.add_argument("--steps", type=int, help="training steps (default: the demo preset)")
+    demo.add_argument("--ablations", action="store_true", help="also train and score the ablation rows")
+    demo.add_argument("--ops", action="store_true", help="only check the ops against their references (seconds)")
+    demo.add_argument("--full", action="store_true", help="with --ops: full sizes")
     demo.set_defaults(func=_cmd_demo)
+    # ---- end model ----
 
     hash_cmd = sub.add_parser("hash", help="print the entity id of each string")
     hash_cmd.add_argument("strings", nargs="+")

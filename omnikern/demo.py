@@ -1,7 +1,11 @@
 """``omnikern demo``: the main job on embedded defaults.
 
-Today it checks every op built so far against its reference on this machine and times it against
-torch; the model and serving issues grow it into train → evaluate → export → serve → query.
+:func:`run_demo`: the recipe catalogue and all-MiniLM-L6-v2 (both from PyPI, offline) → the frozen
+256-d legacy vectors (computed once, cached in ``~/.cache/omnikern``) → a small OmniSearchSage
+trained on the CPU (the encoder's top layer, the projection, the learned item tower) → Recall@10,
+Recall@100 and MRR on held-out queries through ``omnikern.Int8Index``, against zero-shot MiniLM
+and against the legacy (fixed tower) index → a table. :func:`run_op_checks` (``--ops``) checks
+the ops against their references in seconds.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ def _median_ms(fn, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def run_demo(quick: bool = True) -> int:
+def run_op_checks(quick: bool = True) -> int:
     """Runs the checks, prints a table, and returns 0 when every check passed."""
     rows, dim = (4096, 256) if quick else (65536, 512)
     x = torch.randn(rows, dim)
@@ -44,3 +48,99 @@ def run_demo(quick: bool = True) -> int:
     print(f"string ids: {ids.tolist()}")
     print("all checks passed" if ok else "CHECK FAILED")
     return 0 if ok else 1
+
+
+# The demo preset: small enough for minutes on a 2-core CPU. Everything else is the defaults.
+DEMO_OVERRIDES = [
+    "model.train_encoder_layers=1",
+    "model.item_hidden=[512]",
+    "train.num_pairs=128",
+    "train.steps=240",
+    "train.log_every=20",
+    "optim.warmup_steps=20",
+]
+
+
+def demo_config(cache_dir: str | None = None, steps: int | None = None, extra: list[str] | None = None):
+    """Returns the demo's :class:`~omnikern.models.config.Config`."""
+    from omnikern.models.config import load_config
+
+    overrides = list(DEMO_OVERRIDES)
+    if cache_dir is not None:
+        overrides.append(f'data.cache_dir="{cache_dir}"')
+    if steps is not None:
+        overrides.append(f"train.steps={steps}")
+    return load_config(None, overrides + list(extra or []))
+
+
+def comparison_table(results: dict, ablations: dict | None = None) -> str:
+    """Returns the headline table: Recall@10 per query kind for zero-shot MiniLM, the trained
+    model (learned tower at 256 and full dim) and the trained query on the legacy (fixed) index."""
+    from omnikern.data.queries import KINDS
+
+    towers = results["towers"]
+    full = max(towers["learned"], key=int)
+    rows = [("zero-shot MiniLM (256-d PCA)", towers["zero_shot"]["256"]["int8"])] if "zero_shot" in towers else []
+    rows += [("trained, learned tower @256", towers["learned"]["256"]["int8"]),
+             (f"trained, learned tower @{full}", towers["learned"][full]["int8"]),
+             ("trained query @256 vs legacy index", towers["fixed"]["256"]["int8"])]
+    for name, res in (ablations or {}).items():
+        rows.append((f"ablation {name} @{full}", res["towers"]["learned"][full]["int8"]))
+    head = f"{'Recall@10 (held-out queries)':<38}" + "".join(f"{k:>12}" for k in KINDS)
+    lines = [head, "-" * len(head)]
+    for name, metrics in rows:
+        lines.append(f"{name:<38}" + "".join(f"{metrics[k]['recall@10']:>12.3f}" for k in KINDS))
+    return "\n".join(lines)
+
+
+def run_demo(cache_dir: str | None = None, out: str | None = None, steps: int | None = None,
+             ablations: bool = False) -> int:
+    """Trains and evaluates the demo model; prints the tables; returns 0.
+
+    Raises:
+        CatalogueNotInstalledError / FileNotFoundError: the catalogue or encoder package is missing.
+    """
+    import json
+    from pathlib import Path
+
+    from omnikern.models.commands import ABLATIONS
+    from omnikern.models.recipe_eval import evaluate_recipe_model, format_table, write_results
+    from omnikern.models.trainer import Trainer, build_data, build_encoder, cache_dir as resolve_cache
+
+    start = time.perf_counter()
+    config = demo_config(cache_dir, steps)
+    root = Path(out) if out else resolve_cache(config) / "demo"
+    print(f"omnikern demo: torch {torch.__version__}, {torch.get_num_threads()} threads, run directory {root}")
+    data = build_data(config, progress=True)
+    sizes = data.queries.sizes()
+    print(f"catalogue {len(data.recipes)} recipes ({sizes['train_recipes']} train / {sizes['eval_recipes']} eval), "
+          f"featuriser {data.featuriser_name}, legacy vectors {tuple(data.legacy.vectors.shape)} "
+          f"[{time.perf_counter() - start:.0f} s]")
+
+    def train_and_eval(name: str, overrides: list[str], zero_shot: bool) -> dict:
+        from omnikern.models.config import apply_overrides
+
+        cfg = apply_overrides(demo_config(cache_dir, steps), overrides)
+        run = root / name
+        trainer = Trainer(cfg, run, data=data, resume=run if (run / "latest.json").is_file() else None)
+        trainer.train()
+        baseline = build_encoder(cfg, len(data.tokenizer)) if zero_shot else None
+        results = evaluate_recipe_model(trainer.model, data, zero_shot=baseline)
+        write_results(results, run, "results")
+        print(f"[{name}: trained and evaluated, {time.perf_counter() - start:.0f} s]")
+        return results
+
+    results = train_and_eval("full", [], zero_shot=True)
+    extra = {}
+    if ablations:
+        for name, overrides in ABLATIONS.items():
+            if name != "full":
+                extra[name] = train_and_eval(name, overrides, zero_shot=False)
+    print(format_table(results))
+    print()
+    table = comparison_table(results, extra)
+    print(table)
+    (root / "demo_table.txt").write_text(table + "\n", encoding="utf-8")
+    (root / "demo_results.json").write_text(json.dumps({"full": results, **extra}, indent=1), encoding="utf-8")
+    print(f"total {time.perf_counter() - start:.0f} s; results in {root}")
+    return 0
