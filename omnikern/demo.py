@@ -52,10 +52,11 @@ def run_op_checks(quick: bool = True) -> int:
 
 # The demo preset: small enough for minutes on a 2-core CPU. Everything else is the defaults.
 DEMO_OVERRIDES = [
-    "model.train_encoder_layers=1",
+    "model.train_encoder_layers=0",
     "model.item_hidden=[512]",
+    "model.hash_buckets=16384",
     "train.num_pairs=128",
-    "train.steps=240",
+    "train.steps=300",
     "train.log_every=20",
     "optim.warmup_steps=20",
 ]

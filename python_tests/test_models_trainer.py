@@ -327,3 +327,47 @@ def test_two_gloo_ranks_end_with_identical_parameters(workdir, data, tmp_path):
     fresh = Trainer(tiny_config(workdir, "train.steps=0"), tmp_path / "fresh", data=data).model.state_dict()
     name = "towers.item::learned.mlp.0.weight"
     assert not torch.equal(fresh[name], a[name])
+
+
+# ---- the frozen-layer cache ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trainable", [0, 1, 2])
+def test_cached_prefix_encoder_matches_the_encoder(trainable):
+    """Cached frozen layers + live top layers give the encoder's own states (eval mode), for rows
+    of different lengths, and the second (cached) call is bit-identical to the first."""
+    import transformers
+
+    from omnikern.models.frozen import CachedPrefixEncoder
+
+    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=32)
+    bert = transformers.BertModel(config, add_pooling_layer=False).eval()
+    ids = torch.randint(1, 50, (4, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    mask[3, 2:] = 0
+    ids = ids * mask
+    want = bert(input_ids=ids, attention_mask=mask)[0]
+    encoder = CachedPrefixEncoder(bert, trainable).eval()
+    got = encoder(ids, mask)[0]
+    assert len(encoder.cache) == 4
+    torch.testing.assert_close(got[mask.bool()], want[mask.bool()], atol=1e-5, rtol=1e-5)
+    assert torch.equal(encoder(ids, mask)[0], got)
+    trainable_names = {n for n, p in encoder.named_parameters() if p.requires_grad}
+    assert all(".layer." in n for n in trainable_names) and (len(trainable_names) > 0) == (trainable > 0)
+    with pytest.raises(ValueError, match="trainable_layers"):
+        CachedPrefixEncoder(bert, 3)
+
+
+def test_training_with_the_frozen_cache(workdir, data, tmp_path):
+    trainer = Trainer(tiny_config(workdir, "train.steps=2", "model.train_encoder_layers=1"), tmp_path / "run", data=data)
+    encoder = trainer.model.tower(("query", "learned")).encoder
+    assert len(encoder.cache) == len({q.text for q in data.queries.train})  # warmed once, up front
+    top = encoder.inner.encoder.layer[-1].attention.self.query.weight.clone()
+    trainer.train()
+    assert not torch.equal(top, encoder.inner.encoder.layer[-1].attention.self.query.weight)
+    assert torch.equal(trainer.model.state_dict()["towers.query::learned.encoder.inner.embeddings.word_embeddings.weight"],
+                       Trainer(tiny_config(workdir, "train.steps=0", "model.train_encoder_layers=1"), tmp_path / "x",
+                               data=data).model.state_dict()[
+                           "towers.query::learned.encoder.inner.embeddings.word_embeddings.weight"])

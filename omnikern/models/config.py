@@ -59,6 +59,8 @@ class ModelConfig:
         query_max_tokens: WordPiece tokens per query (published 64).
         train_encoder_layers: top transformer layers that learn (-1: all, with the embeddings;
             0: only the projection).
+        cache_frozen: compute the frozen bottom layers once per distinct query and cache them
+            (:class:`omnikern.models.frozen.CachedPrefixEncoder`; frozen layers run without dropout).
         featuriser: ``"ngram"`` (hashed n-grams, omnikern.text.NGramFeaturizer), ``"wordpiece"``
             (WordPiece ids of the fields) or ``"auto"`` (n-grams when available).
         ngram_caps: vocabulary caps (char trigrams, unigrams, bigrams) counted on the train recipes.
@@ -72,6 +74,7 @@ class ModelConfig:
     output_dim: int = 512
     query_max_tokens: int = 32
     train_encoder_layers: int = 1
+    cache_frozen: bool = True
     featuriser: str = "auto"
     ngram_caps: list[int] = field(default_factory=lambda: [20_000, 50_000, 100_000])
     item_hidden: list[int] = field(default_factory=lambda: [1024, 1024])

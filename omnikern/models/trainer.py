@@ -268,8 +268,13 @@ def build_model(config: Config, data: RecipeData) -> nn.Module:
     m, lc = config.model, config.loss
     torch.manual_seed(config.train.seed)
     encoder = build_encoder(config, len(data.tokenizer))
+    if m.cache_frozen and m.train_encoder_layers >= 0:
+        from omnikern.models.frozen import CachedPrefixEncoder
+
+        encoder = CachedPrefixEncoder(encoder, m.train_encoder_layers)
     query = QueryTower(encoder, tokenizer=data.tokenizer, pooling=m.pooling, output_dim=m.output_dim)
-    set_trainable_layers(query, m.train_encoder_layers)
+    if not hasattr(encoder, "cache"):
+        set_trainable_layers(query, m.train_encoder_layers)
     options = dict(temperature=lc.temperature, dims=lc.dims, dim_weights=lc.dim_weights,
                    logq_correction=lc.logq_correction, sketch_width=lc.sketch_width, impl=lc.impl)
     if config.data.legacy_dim >= m.output_dim:
@@ -569,10 +574,25 @@ class Trainer:
                 self.sampler.pairs = self.sampler.pairs[self.rank::self.world]
         self.step_count = 0
         self.bad_steps = 0
+        self._warm_cache()
         torch.manual_seed(t.seed + 1000 * self.rank + 1)
         if meta is not None:
             self._restore(ckpt, meta)
         self._set_lr()
+
+    @torch.no_grad()
+    def _warm_cache(self, chunk: int = 512) -> None:
+        """Fills the frozen-layer cache with every training query once (big batches, not one
+        sampled batch at a time)."""
+        tower = self.model.tower(("query", "learned"))
+        if not hasattr(tower.encoder, "cache"):
+            return
+        from tqdm.auto import tqdm
+
+        texts = sorted({q.text for q in self.data.queries.train}, key=len)
+        show = self.config.train.progress and self.rank == 0
+        for start in tqdm(range(0, len(texts), chunk), desc="caching frozen layers", unit="batch", disable=not show):
+            tower.encoder(**tower.tokenize(texts[start:start + chunk]))
 
     # -- state ---------------------------------------------------------------------------------
     def _rng_state(self) -> dict[str, Any]:
