@@ -371,3 +371,17 @@ def test_training_with_the_frozen_cache(workdir, data, tmp_path):
                        Trainer(tiny_config(workdir, "train.steps=0", "model.train_encoder_layers=1"), tmp_path / "x",
                                data=data).model.state_dict()[
                            "towers.query::learned.encoder.inner.embeddings.word_embeddings.weight"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_optimizer") is None, reason="LAMB needs torch-optimizer")
+def test_lamb_trains_and_checkpoints(workdir, data, tmp_path):
+    trainer = Trainer(tiny_config(workdir, "train.steps=2", 'optim.optimizer="lamb"'), tmp_path / "run", data=data)
+    trainer.train()
+    resumed = Trainer(tiny_config(workdir, "train.steps=2"), tmp_path / "run", data=data, resume=tmp_path / "run")
+    assert type(resumed.optimizer).__name__ == "Lamb" and resumed.step_count == 2
+    assert states_equal(resumed.model, trainer.model)
+
+
+def test_unknown_optimizer_is_named(workdir, data, tmp_path):
+    with pytest.raises(ValueError, match="optim.optimizer"):
+        Trainer(tiny_config(workdir, 'optim.optimizer="sgd9"'), tmp_path / "run", data=data)
