@@ -235,7 +235,7 @@ def test_topk_cpp_handles_minus_128_codes():
 )
 def test_topk_cpp_and_torch_match_reference_property(Q, N, D, extra_k, prefix, spread, seed):
     """Random shapes, k from 1 to N + 5, prefixes, exclusions; `spread` 0.01 makes many codes
-    equal (ties). The C++ and torch paths agree with the reference."""
+    equal (ties). The C++ and torch paths agree with the reference and with each other exactly."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(N, D, generator=gen)
     x = torch.where(torch.rand(N, D, generator=gen) < 0.5, x * spread, x)
@@ -245,9 +245,13 @@ def test_topk_cpp_and_torch_match_reference_property(Q, N, D, extra_k, prefix, s
     k = max(1, N + extra_k)
     dim = int(torch.randint(1, D + 1, (1,), generator=gen)) if prefix else None
     exclude = torch.randint(-1, N, (Q,), generator=gen)
+    results = {}
     for impl in ("cpp", "torch"):
-        scores, indices = int8_topk(query, codes, scales, k, dim, exclude, impl=impl)
+        scores, indices = int8_topk(query, codes, scales, k, dim, exclude, impl=impl, num_threads=2)
         assert_topk_matches(scores, indices, query, codes, scales, k, dim, exclude, name=impl)
+        results[impl] = (scores, indices)
+    # Both compute the same float32 operations: bit-identical, not just close.
+    assert torch.equal(results["cpp"][0], results["torch"][0]) and torch.equal(results["cpp"][1], results["torch"][1])
 
 
 def test_topk_empty_query_batch_and_custom_op():
