@@ -174,6 +174,16 @@ def test_topk_zero_rows_and_zero_query(impl):
         assert (scores[1] == 0).all()
 
 
+def test_topk_triton_and_cpp_are_bit_identical():
+    """The kernel and the C++ path do the same float32 operations: identical scores and indices."""
+    codes, scales = quantize_int8_ref(_unit(500, 40))
+    query, exclude = _unit(20, 40), torch.randint(-1, 500, (20,))
+    for dim in (None, 13):
+        want = int8_topk(query, codes, scales, 10, dim, exclude, impl="cpp")
+        got = int8_topk(query.to(DEVICE), codes.to(DEVICE), scales.to(DEVICE), 10, dim, exclude.to(DEVICE), impl="triton")
+        assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1]), dim
+
+
 def test_topk_triton_large_k_bitonic_path():
     """k > 32 takes the kernel's bitonic tl.topk merge (slow in the interpreter: one case)."""
     codes, scales = quantize_int8_ref(_unit(70, 40))
