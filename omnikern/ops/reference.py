@@ -15,6 +15,147 @@ def l2_normalize_ref(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torc
     return F.normalize(x.double(), p=2.0, dim=dim, eps=eps).to(x.dtype)
 
 
+# ---- sampled-softmax loss ----
+
+# The published Matryoshka prefixes and their loss weights (spec: loss.md, "Matryoshka prefixes").
+DEFAULT_DIM_WEIGHTS: dict[int, float] = {16: 0.05, 32: 0.05, 64: 0.05, 128: 0.05, 256: 1.0, 512: 1.0}
+NEG_MODES = ("in_batch", "random", "mixed_sum", "mixed_concat")
+
+
+def logq_from_counts_ref(counts: torch.Tensor, total: torch.Tensor | float, num_columns: int) -> torch.Tensor:
+    """``log Q(c) = log cnt(c) − log total + log K`` for every candidate, in float64 (shape of ``counts``)."""
+    counts = counts.double()
+    total = torch.as_tensor(total, dtype=torch.float64, device=counts.device)
+    return counts.log() - total.log() + counts.new_tensor(float(num_columns)).log()
+
+
+def sampled_softmax_loss_ref(
+    query: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor | None = None,
+    *,
+    log_scale: torch.Tensor,
+    query_ids: torch.Tensor,
+    pos_ids: torch.Tensor,
+    neg_ids: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    neg_mode: str = "mixed_sum",
+    candidates: torch.Tensor | None = None,
+    candidate_ids: torch.Tensor | None = None,
+    candidate_query_ids: torch.Tensor | None = None,
+    pos_logq: torch.Tensor | None = None,
+    candidate_logq: torch.Tensor | None = None,
+    neg_logq: torch.Tensor | None = None,
+    dims: list[int] | None = None,
+    dim_weights: list[float] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The sampled-softmax loss of the spec with every logit materialised; returns ``(total, components)``.
+
+    ``components[f"{term}@{dim}"]`` is the (weighted) mean cross-entropy of one logit matrix at one
+    prefix, ``term`` in ``in_batch | random | mixed_concat``; ``total = Σ_dim w_dim Σ_term component``.
+    In-batch candidates default to ``pos`` (with ``pos_ids`` and ``query_ids``); ``*_logq`` are the
+    already-computed corrections subtracted from the positive column / candidate columns (None: 0).
+    Computed in float32 (float64 for float64 inputs).
+    """
+    compute = torch.float64 if query.dtype == torch.float64 else torch.float32
+    if candidates is None:
+        candidates, candidate_ids, candidate_query_ids = pos, pos_ids, query_ids
+    if dims is None:
+        dims = list(DEFAULT_DIM_WEIGHTS)
+    if dim_weights is None:
+        dim_weights = [DEFAULT_DIM_WEIGHTS.get(d, 1.0) for d in dims]
+    # Prefixes longer than the embedding are skipped.
+    dims, dim_weights = zip(*[(d, w) for d, w in zip(dims, dim_weights) if d <= query.shape[1]])
+    scale = log_scale.to(compute).exp()
+    lowest = torch.finfo(compute).min
+
+    def corrected(logq: torch.Tensor | None, n: int) -> torch.Tensor:
+        return torch.zeros(n, dtype=compute, device=query.device) if logq is None else logq.to(compute)
+
+    # Masks: a negative sharing the row's positive id; in-batch also a negative of the same query.
+    inb_mask = candidate_ids[None, :] == pos_ids[:, None]
+    inb_mask = inb_mask | (candidate_query_ids[None, :] == query_ids[:, None])
+    rnd_mask = neg_ids[None, :] == pos_ids[:, None] if neg is not None else None
+
+    total = torch.zeros((), dtype=compute, device=query.device)
+    components: dict[str, torch.Tensor] = {}
+    for dim, dim_weight in zip(dims, dim_weights):
+        q = F.normalize(query[:, :dim].to(compute), dim=-1)
+        p = F.normalize(pos[:, :dim].to(compute), dim=-1)
+        c = F.normalize(candidates[:, :dim].to(compute), dim=-1)
+        l_pos = scale * (q * p).sum(-1, keepdim=True) - corrected(pos_logq, q.shape[0])[:, None]
+        l_inb = scale * q @ c.T - corrected(candidate_logq, c.shape[0])[None, :]
+        l_inb = l_inb.masked_fill(inb_mask, lowest)
+        matrices: dict[str, torch.Tensor] = {}
+        if neg is not None:
+            n = F.normalize(neg[:, :dim].to(compute), dim=-1)
+            l_rnd = scale * q @ n.T - corrected(neg_logq, n.shape[0])[None, :]
+            l_rnd = l_rnd.masked_fill(rnd_mask, lowest)
+        if neg_mode in ("in_batch", "mixed_sum"):
+            matrices["in_batch"] = torch.cat([l_pos, l_inb], dim=1)
+        if neg_mode in ("random", "mixed_sum"):
+            matrices["random"] = torch.cat([l_pos, l_rnd], dim=1)
+        if neg_mode == "mixed_concat":
+            matrices["mixed_concat"] = torch.cat([l_pos, l_inb, l_rnd], dim=1)
+        for term, logits in matrices.items():
+            target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+            per_row = F.cross_entropy(logits, target, reduction="none")
+            if weights is None:
+                value = per_row.mean()
+            else:
+                w = weights.to(compute)
+                value = (w / w.abs().sum().clamp_min(1e-12) * per_row).sum()
+            components[f"{term}@{dim}"] = value
+            total = total + dim_weight * value
+    return total, components
+
+
+# ---- count-min sketch ----
+
+COUNT_MIN_SEED = 19980115
+
+
+def count_min_multipliers_ref(depth: int, seed: int = COUNT_MIN_SEED) -> list[int]:
+    """The hash multipliers ``a_i``: ``random.Random(seed).randint(1, 2**63 − 1)``, drawn in order."""
+    import random
+
+    rng = random.Random(seed)
+    return [rng.randint(1, 2**63 - 1) for _ in range(depth)]
+
+
+def _wrap_int64(value: int) -> int:
+    """Python int -> the int64 it wraps to (two's complement)."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def count_min_bucket_ref(x: int, multiplier: int, width: int) -> int:
+    """Bucket of id ``x`` in the row with ``multiplier``: ``h = x·a`` (int64 wrap), ``h += h >> 32``
+    (arithmetic shift, int64 wrap), ``h &= 2**31 − 1``, ``h mod width``; plain Python ints."""
+    h = _wrap_int64(_wrap_int64(x) * multiplier)
+    h = _wrap_int64(h + (h >> 32))
+    return (h & (2**31 - 1)) % width
+
+
+class CountMinSketchRef:
+    """A straightforward count-min sketch on Python lists: the truth for ``omnikern.CountMinSketch``."""
+
+    def __init__(self, width: int, depth: int, seed: int = COUNT_MIN_SEED) -> None:
+        self.width = width
+        self.multipliers = count_min_multipliers_ref(depth, seed)
+        self.counts = [[0] * width for _ in range(depth)]
+        self.num_seen = 0
+
+    def update(self, ids: list[int]) -> None:
+        for x in ids:
+            for row, a in zip(self.counts, self.multipliers):
+                row[count_min_bucket_ref(x, a, self.width)] += 1
+        self.num_seen += len(ids)
+
+    def query(self, ids: list[int]) -> list[int]:
+        return [min(row[count_min_bucket_ref(x, a, self.width)] for row, a in zip(self.counts, self.multipliers)) for x in ids]
+
+
 # ---- int8 ----
 
 
