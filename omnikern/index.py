@@ -2,7 +2,8 @@
 
 Rows are stored as per-row int8 codes (:func:`omnikern.ops.quantize_int8`) with their float32
 scales and int64 ids: N·(D + 4 + 8) bytes, plus 4·N·D for the optional float copy that re-ranking
-uses. Search runs :func:`omnikern.ops.int8_topk` (Triton on a GPU, the C++ kernel on CPU).
+uses (storage grows by doubling, so up to twice that is reserved after many adds; a loaded index
+holds exactly N rows). Search runs :func:`omnikern.ops.int8_topk` (Triton on a GPU, the C++ kernel on CPU).
 
 File format: a safetensors file with tensors ``codes`` (N, D) int8, ``scales`` (N,) float32,
 ``ids`` (N,) int64 and, with ``keep_float``, ``vectors`` (N, D) float32. The metadata holds
