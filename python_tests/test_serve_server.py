@@ -257,12 +257,17 @@ def server(tmp_path_factory):
             _assert_group_gone(pgid)
 
 
-def _clients(server):
+@pytest.fixture(scope="module")
+def clients(server):
+    """One HTTP and one gRPC client, closed at the end (an unclosed client leaks its socket)."""
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
-    return [(httpclient, httpclient.InferenceServerClient(server.url_http)),
-            (grpcclient, grpcclient.InferenceServerClient(server.url_grpc))]
+    pairs = [(httpclient, httpclient.InferenceServerClient(server.url_http)),
+             (grpcclient, grpcclient.InferenceServerClient(server.url_grpc))]
+    yield pairs
+    for _, client in pairs:
+        client.close()
 
 
 def _infer(module, client, x: np.ndarray, datatype: str = "FP32"):
@@ -284,26 +289,26 @@ def test_server_runs_on_loopback_in_its_own_group(server):
 
 @needs_server
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5), (64, 384), (2, 257)])
-def test_http_and_grpc_match_numpy(server, shape):
+def test_http_and_grpc_match_numpy(server, clients, shape):
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-    for module, client in _clients(server):
+    for module, client in clients:
         got = _infer(module, client, x)
         assert got.dtype == np.float32 and got.shape == shape, module.__name__
         np.testing.assert_allclose(got, l2_normalize_np(x), rtol=1e-6, atol=1e-7, err_msg=module.__name__)
 
 
 @needs_server
-def test_batch_larger_than_max_batch_size_is_rejected(server):
+def test_batch_larger_than_max_batch_size_is_rejected(server, clients):
     from tritonclient.utils import InferenceServerException
 
     x = np.ones((L2_CONFIG.max_batch_size + 1, 4), np.float32)
-    for module, client in _clients(server):
+    for module, client in clients:
         with pytest.raises(InferenceServerException, match="batch"):
             _infer(module, client, x)
 
 
 @needs_server
-def test_concurrent_burst_with_one_bad_request(server):
+def test_concurrent_burst_with_one_bad_request(server, clients):
     """Requests sent together meet in the dynamic batcher; the NaN one fails with INVALID_ARG, the others
     are answered correctly, and the server keeps answering."""
     import tritonclient.http as httpclient
@@ -325,7 +330,7 @@ def test_concurrent_burst_with_one_bad_request(server):
         else:
             np.testing.assert_allclose(request.get_result().as_numpy("NORMALIZED"), l2_normalize_np(x), rtol=1e-6, atol=1e-7)
     client.close()
-    for module, c in _clients(server):
+    for module, c in clients:
         np.testing.assert_allclose(_infer(module, c, np.ones((1, 4), np.float32)), np.full((1, 4), 0.5), rtol=1e-6)
 
 
@@ -338,10 +343,10 @@ def test_concurrent_burst_with_one_bad_request(server):
         (np.array([[1.0, np.inf]], np.float32), "FP32", "must be finite"),
     ],
 )
-def test_malformed_requests_get_errors_and_server_keeps_answering(server, x, datatype, match):
+def test_malformed_requests_get_errors_and_server_keeps_answering(server, clients, x, datatype, match):
     from tritonclient.utils import InferenceServerException
 
-    for module, client in _clients(server):
+    for module, client in clients:
         with pytest.raises(InferenceServerException, match=match):
             _infer(module, client, x, datatype)
         good = np.array([[3.0, 4.0]], np.float32)
