@@ -1,0 +1,298 @@
+#include "ngram/ngram.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <unordered_map>
+
+#include "common/parallel.h"
+#include "hashing/string_hash.h"
+#include "ngram/nfkc_casefold.h"
+#include "tokenize/bert_normalizer.h"
+#include "unicode/unicode.h"
+
+namespace omnikern {
+
+namespace {
+
+constexpr char32_t kMarker = '#';
+
+// A trigram is three code points (< 2^21 each) packed into one integer key.
+inline uint64_t pack_trigram(const char32_t* p) {
+  return (static_cast<uint64_t>(p[0]) << 42) | (static_cast<uint64_t>(p[1]) << 21) | p[2];
+}
+inline size_t trigram_slot(uint64_t key, uint64_t mask) { return ((key * 0x9E3779B97F4A7C15ull) >> 17) & mask; }
+
+void append_utf8(std::u32string_view text, std::string& out) {
+  for (const char32_t c : text) unicode::append_utf8(c, out);
+}
+
+// Decode + NFKC_Casefold into ws-style buffers (`decoded` is scratch).
+void normalize_utf8(std::string_view text, std::u32string& decoded, std::u32string& normalized) {
+  decoded.clear();
+  unicode::decode_utf8(text, decoded);
+  unicode::nfkc_casefold(decoded, normalized);
+}
+
+// Calls on_ngram(utf8) for each word n-gram (n words joined by '#') of the normalised text.
+template <typename OnNgram>
+void for_each_word_ngram(std::u32string_view text, size_t n, std::vector<std::pair<size_t, size_t>>& words,
+                         std::string& utf8, OnNgram&& on_ngram) {
+  words.clear();
+  for_each_word(text, [&](size_t b, size_t e) { words.emplace_back(b, e); });
+  for (size_t i = 0; i + n <= words.size(); ++i) {
+    utf8.clear();
+    for (size_t k = 0; k < n; ++k) {
+      if (k > 0) utf8.push_back(static_cast<char>(kMarker));
+      append_utf8(text.substr(words[i + k].first, words[i + k].second - words[i + k].first), utf8);
+    }
+    on_ngram(std::string_view(utf8));
+  }
+}
+
+}  // namespace
+
+bool is_ngram_whitespace(char32_t cp) {
+  if (cp < 0x80) return cp == ' ' || cp == '\t' || cp == '\n' || cp == '\r';
+  return unicode::category(cp) == unicode::Category::Zs;
+}
+
+bool is_ngram_punctuation(char32_t cp) { return is_bert_punctuation(cp); }
+
+bool is_ngram_cjk(char32_t cp) { return unicode::is_bert_cjk(cp) || (cp >= 0x2B820 && cp <= 0x2B91F); }
+
+void trigram_sequence(std::u32string_view text, std::u32string& seq) {
+  seq.clear();
+  seq.reserve(text.size() + 2);
+  seq.push_back(kMarker);
+  for (const char32_t c : text) {
+    if (is_ngram_whitespace(c)) {
+      if (seq.back() != kMarker) seq.push_back(kMarker);
+    } else {
+      seq.push_back(c);
+    }
+  }
+  if (seq.back() != kMarker) seq.push_back(kMarker);
+}
+
+std::string ngram_normalize(std::string_view text) {
+  std::u32string decoded, normalized;
+  normalize_utf8(text, decoded, normalized);
+  return unicode::encode_utf8(normalized);
+}
+
+std::vector<std::string> char_trigrams(std::string_view text) {
+  std::u32string decoded, normalized, seq;
+  normalize_utf8(text, decoded, normalized);
+  trigram_sequence(normalized, seq);
+  std::vector<std::string> out;
+  for (size_t i = 0; i + 3 <= seq.size(); ++i) {
+    out.emplace_back();
+    append_utf8(std::u32string_view(seq).substr(i, 3), out.back());
+  }
+  return out;
+}
+
+std::vector<std::string> word_ngrams(std::string_view text, size_t n) {
+  if (n == 0) throw std::invalid_argument("n must be >= 1, got 0");
+  std::u32string decoded, normalized;
+  normalize_utf8(text, decoded, normalized);
+  std::vector<std::pair<size_t, size_t>> words;
+  std::string utf8;
+  std::vector<std::string> out;
+  for_each_word_ngram(normalized, n, words, utf8, [&](std::string_view g) { out.emplace_back(g); });
+  return out;
+}
+
+std::array<std::vector<std::pair<std::string, int64_t>>, 3> count_ngrams(const std::vector<std::string_view>& texts,
+                                                                        std::array<size_t, 3> caps,
+                                                                        int64_t min_count, int num_threads) {
+  using Counts = std::unordered_map<std::string, int64_t>;
+  // One set of counts per chunk, merged in chunk order: integer sums, so the thread count cannot
+  // change the result.
+  const size_t chunks = std::min<size_t>(static_cast<size_t>(resolve_num_threads(num_threads)),
+                                         std::max<size_t>(1, texts.size() / 256));
+  std::vector<std::array<Counts, 3>> partial(chunks);
+  parallel_for(chunks, num_threads, 1, [&](size_t cb, size_t ce) {
+    std::u32string decoded, normalized, seq;
+    std::string utf8;
+    std::vector<std::pair<size_t, size_t>> words;
+    for (size_t c = cb; c < ce; ++c) {
+      auto& counts = partial[c];
+      const size_t begin = texts.size() * c / chunks, end = texts.size() * (c + 1) / chunks;
+      for (size_t i = begin; i < end; ++i) {
+        try {
+          normalize_utf8(texts[i], decoded, normalized);
+        } catch (const std::invalid_argument& e) {
+          throw std::invalid_argument("corpus[" + std::to_string(i) + "]: " + e.what());
+        }
+        trigram_sequence(normalized, seq);
+        for (size_t j = 0; j + 3 <= seq.size(); ++j) {
+          utf8.clear();
+          append_utf8(std::u32string_view(seq).substr(j, 3), utf8);
+          ++counts[0][utf8];
+        }
+        for (size_t n = 1; n <= 2; ++n)
+          for_each_word_ngram(normalized, n, words, utf8, [&](std::string_view g) { ++counts[n][std::string(g)]; });
+      }
+    }
+  });
+  std::array<std::vector<std::pair<std::string, int64_t>>, 3> out;
+  for (int k = 0; k < 3; ++k) {
+    Counts merged = std::move(partial[0][k]);
+    for (size_t c = 1; c < chunks; ++c)
+      for (auto& [token, count] : partial[c][k]) merged[token] += count;
+    auto& ranked = out[k];
+    ranked.reserve(merged.size());
+    for (auto& [token, count] : merged)
+      if (count >= min_count) ranked.emplace_back(token, count);
+    // Most frequent first; ties by the token's bytes (UTF-8 byte order is code point order).
+    const auto better = [](const auto& a, const auto& b) { return a.second != b.second ? a.second > b.second : a.first < b.first; };
+    if (ranked.size() > caps[k]) {
+      std::partial_sort(ranked.begin(), ranked.begin() + static_cast<std::ptrdiff_t>(caps[k]), ranked.end(), better);
+      ranked.resize(caps[k]);
+    } else {
+      std::sort(ranked.begin(), ranked.end(), better);
+    }
+  }
+  return out;
+}
+
+NGramFeaturizer::NGramFeaturizer(const std::array<std::vector<std::string>, 3>& vocabs, uint64_t oov_buckets)
+    : oov_buckets_(oov_buckets) {
+  static const char* const kNames[] = {"char_trigram_vocab", "unigram_vocab", "bigram_vocab"};
+  for (int k = 0; k < 3; ++k) {
+    if (vocabs[k].size() >= (size_t{1} << 31) - 1)
+      throw std::invalid_argument(std::string(kNames[k]) + " has too many tokens");
+  }
+  // Trigrams: a power-of-two table at most half full.
+  size_t slots = 16;
+  while (slots < vocabs[0].size() * 2) slots *= 2;
+  trigram_keys_.assign(slots, kEmptyKey);
+  trigram_ranks_.assign(slots, 0);
+  trigram_mask_ = slots - 1;
+  std::u32string cps;
+  for (size_t r = 0; r < vocabs[0].size(); ++r) {
+    cps.clear();
+    try {
+      unicode::decode_utf8(vocabs[0][r], cps);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(std::string(kNames[0]) + "[" + std::to_string(r) + "]: " + e.what());
+    }
+    if (cps.size() != 3)
+      throw std::invalid_argument(std::string(kNames[0]) + "[" + std::to_string(r) + "] must be 3 code points, got '" +
+                                  vocabs[0][r] + "' (" + std::to_string(cps.size()) + ")");
+    const uint64_t key = pack_trigram(cps.data());
+    size_t i = trigram_slot(key, trigram_mask_);
+    while (trigram_keys_[i] != kEmptyKey && trigram_keys_[i] != key) i = (i + 1) & trigram_mask_;
+    if (trigram_keys_[i] == key)
+      throw std::invalid_argument(std::string(kNames[0]) + " repeats '" + vocabs[0][r] + "' (index " +
+                                  std::to_string(r) + ")");
+    trigram_keys_[i] = key;
+    trigram_ranks_[i] = static_cast<int32_t>(r + 1);
+  }
+  TokenMap* maps[] = {nullptr, &unigrams_, &bigrams_};
+  for (int k = 1; k < 3; ++k) {
+    for (size_t r = 0; r < vocabs[k].size(); ++r) {
+      const std::string& token = vocabs[k][r];
+      try {
+        cps.clear();
+        unicode::decode_utf8(token, cps);
+      } catch (const std::invalid_argument& e) {
+        throw std::invalid_argument(std::string(kNames[k]) + "[" + std::to_string(r) + "]: " + e.what());
+      }
+      if (maps[k]->find(token) >= 0)
+        throw std::invalid_argument(std::string(kNames[k]) + " repeats '" + token + "' (index " + std::to_string(r) + ")");
+      maps[k]->insert(token, static_cast<int32_t>(r + 1));
+    }
+  }
+  bases_[0] = 0;
+  for (int k = 0; k < 3; ++k)
+    bases_[k + 1] = bases_[k] + 1 + static_cast<int64_t>(vocabs[k].size()) + static_cast<int64_t>(oov_buckets_);
+}
+
+int64_t NGramFeaturizer::trigram_id(uint64_t key) const {
+  size_t i = trigram_slot(key, trigram_mask_);
+  while (true) {
+    const uint64_t k = trigram_keys_[i];
+    if (k == key) return trigram_ranks_[i];
+    if (k == kEmptyKey) return -1;
+    i = (i + 1) & trigram_mask_;
+  }
+}
+
+int64_t NGramFeaturizer::oov_id(int k, std::string_view utf8) const {
+  const int64_t n_k = bases_[k + 1] - bases_[k] - 1 - static_cast<int64_t>(oov_buckets_);
+  return bases_[k] + 1 + n_k + static_cast<int64_t>(murmur_hash64a(utf8) % oov_buckets_);
+}
+
+void NGramFeaturizer::featurize_into(std::string_view text, Workspace& ws, std::vector<int64_t>& ids) const {
+  normalize_utf8(text, ws.decoded, ws.normalized);
+  trigram_sequence(ws.normalized, ws.seq);
+  for (size_t j = 0; j + 3 <= ws.seq.size(); ++j) {
+    const int64_t rank = trigram_id(pack_trigram(ws.seq.data() + j));
+    if (rank > 0) {
+      ids.push_back(bases_[0] + rank);
+    } else if (oov_buckets_ > 0) {
+      ws.utf8.clear();
+      append_utf8(std::u32string_view(ws.seq).substr(j, 3), ws.utf8);
+      ids.push_back(oov_id(0, ws.utf8));
+    }
+  }
+  const TokenMap* maps[] = {nullptr, &unigrams_, &bigrams_};
+  for (int n = 1; n <= 2; ++n) {
+    for_each_word_ngram(ws.normalized, static_cast<size_t>(n), ws.words, ws.utf8, [&](std::string_view g) {
+      const int32_t rank = maps[n]->find(g);
+      if (rank > 0) {
+        ids.push_back(bases_[n] + rank);
+      } else if (oov_buckets_ > 0) {
+        ids.push_back(oov_id(n, g));
+      }
+    });
+  }
+}
+
+void NGramFeaturizer::featurize(std::string_view text, std::vector<int64_t>& ids) const {
+  Workspace ws;
+  featurize_into(text, ws, ids);
+}
+
+void NGramFeaturizer::featurize_batch(const std::vector<std::string_view>& texts, size_t fields, int num_threads,
+                                      std::vector<int64_t>& ids, std::vector<int64_t>& offsets) const {
+  const size_t n = texts.size();
+  offsets.assign(n, 0);
+  // Each chunk of texts writes its own id list; lengths go to offsets[i] and become starts below.
+  // Chunk boundaries depend on the thread count, the concatenation does not.
+  const size_t chunks = std::min<size_t>(static_cast<size_t>(resolve_num_threads(num_threads)),
+                                         std::max<size_t>(1, n / 1024));
+  std::vector<std::vector<int64_t>> parts(chunks);
+  parallel_for(chunks, num_threads, 1, [&](size_t cb, size_t ce) {
+    Workspace ws;
+    for (size_t c = cb; c < ce; ++c) {
+      auto& part = parts[c];
+      const size_t begin = n * c / chunks, end = n * (c + 1) / chunks;
+      part.reserve((end - begin) * 32);
+      for (size_t i = begin; i < end; ++i) {
+        const size_t before = part.size();
+        try {
+          featurize_into(texts[i], ws, part);
+        } catch (const std::invalid_argument& e) {
+          const std::string where = fields == 0 ? "[" + std::to_string(i) + "]"
+                                                : "[" + std::to_string(i / fields) + "][" + std::to_string(i % fields) + "]";
+          throw std::invalid_argument("texts" + where + ": " + e.what());
+        }
+        offsets[i] = static_cast<int64_t>(part.size() - before);
+      }
+    }
+  });
+  int64_t start = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t len = offsets[i];
+    offsets[i] = start;
+    start += len;
+  }
+  ids.clear();
+  ids.reserve(static_cast<size_t>(start));
+  for (const auto& part : parts) ids.insert(ids.end(), part.begin(), part.end());
+}
+
+}  // namespace omnikern
