@@ -15,6 +15,7 @@
 
 #include <array>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -90,7 +91,10 @@ class NGramFeaturizer {
                        std::vector<int64_t>& ids, std::vector<int64_t>& offsets) const;
 
   /// First id of vocabulary k's range (k = 0, 1, 2), or the total id count for k = 3.
-  int64_t base(int k) const { return bases_[k]; }
+  int64_t base(int k) const {
+    if (k < 0 || k > 3) throw std::out_of_range("k must be 0, 1, 2 or 3, got " + std::to_string(k));
+    return bases_[static_cast<size_t>(k)];
+  }
   int64_t vocab_size() const { return bases_[3]; }
   uint64_t oov_buckets() const { return oov_buckets_; }
 
