@@ -28,6 +28,17 @@ void append_utf8(std::u32string_view text, std::string& out) {
 
 // Decode + NFKC_Casefold into ws-style buffers (`decoded` is scratch).
 void normalize_utf8(std::string_view text, std::u32string& decoded, std::u32string& normalized) {
+  // ASCII text (the common case) only needs lowercasing: skip decoding and the mapping loop.
+  bool ascii = true;
+  for (const char b : text) ascii &= static_cast<unsigned char>(b) < 0x80;
+  if (ascii) {
+    normalized.resize(text.size());
+    for (size_t i = 0; i < text.size(); ++i) {
+      const char32_t c = static_cast<unsigned char>(text[i]);
+      normalized[i] = c >= 'A' && c <= 'Z' ? c + 32 : c;
+    }
+    return;
+  }
   decoded.clear();
   unicode::decode_utf8(text, decoded);
   unicode::nfkc_casefold(decoded, normalized);
@@ -60,12 +71,20 @@ bool is_ngram_punctuation(char32_t cp) { return is_bert_punctuation(cp); }
 
 bool is_ngram_cjk(char32_t cp) { return unicode::is_bert_cjk(cp) || (cp >= 0x2B820 && cp <= 0x2B91F); }
 
+namespace detail {
+NGramClass ngram_class_slow(char32_t cp) {
+  if (is_ngram_whitespace(cp)) return NGramClass::kSpace;
+  if (is_ngram_punctuation(cp)) return NGramClass::kPunct;
+  return is_ngram_cjk(cp) ? NGramClass::kCjk : NGramClass::kOther;
+}
+}  // namespace detail
+
 void trigram_sequence(std::u32string_view text, std::u32string& seq) {
   seq.clear();
   seq.reserve(text.size() + 2);
   seq.push_back(kMarker);
   for (const char32_t c : text) {
-    if (is_ngram_whitespace(c)) {
+    if (ngram_class(c) == NGramClass::kSpace) {
       if (seq.back() != kMarker) seq.push_back(kMarker);
     } else {
       seq.push_back(c);
@@ -238,16 +257,30 @@ void NGramFeaturizer::featurize_into(std::string_view text, Workspace& ws, std::
       ids.push_back(oov_id(0, ws.utf8));
     }
   }
-  const TokenMap* maps[] = {nullptr, &unigrams_, &bigrams_};
-  for (int n = 1; n <= 2; ++n) {
-    for_each_word_ngram(ws.normalized, static_cast<size_t>(n), ws.words, ws.utf8, [&](std::string_view g) {
-      const int32_t rank = maps[n]->find(g);
-      if (rank > 0) {
-        ids.push_back(bases_[n] + rank);
-      } else if (oov_buckets_ > 0) {
-        ids.push_back(oov_id(n, g));
-      }
-    });
+  // Each word is encoded to UTF-8 once; bigrams are two encoded words around '#'.
+  ws.words.clear();
+  ws.words_utf8.clear();
+  const std::u32string_view normalized(ws.normalized);
+  for_each_word(normalized, [&](size_t b, size_t e) {
+    const size_t start = ws.words_utf8.size();
+    append_utf8(normalized.substr(b, e - b), ws.words_utf8);
+    ws.words.emplace_back(start, ws.words_utf8.size() - start);
+  });
+  const auto emit = [&](int k, const TokenMap& map, std::string_view g) {
+    const int32_t rank = map.find(g);
+    if (rank > 0) {
+      ids.push_back(bases_[k] + rank);
+    } else if (oov_buckets_ > 0) {
+      ids.push_back(oov_id(k, g));
+    }
+  };
+  const std::string_view all(ws.words_utf8);
+  for (const auto& [start, len] : ws.words) emit(1, unigrams_, all.substr(start, len));
+  for (size_t i = 0; i + 1 < ws.words.size(); ++i) {
+    ws.utf8.assign(all.substr(ws.words[i].first, ws.words[i].second));
+    ws.utf8.push_back(static_cast<char>(kMarker));
+    ws.utf8.append(all.substr(ws.words[i + 1].first, ws.words[i + 1].second));
+    emit(2, bigrams_, ws.utf8);
   }
 }
 

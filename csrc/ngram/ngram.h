@@ -39,6 +39,27 @@ bool is_ngram_cjk(char32_t cp);
 /// `text` is already normalised. Writes into `seq` (cleared first).
 void trigram_sequence(std::u32string_view text, std::u32string& seq);
 
+/// What a code point is to the word splitter.
+enum class NGramClass : uint8_t { kOther, kSpace, kPunct, kCjk };
+namespace detail {
+NGramClass ngram_class_slow(char32_t cp);
+// ASCII classes, computed at compile time from the same rules as is_ngram_whitespace/punctuation.
+struct AsciiClasses {
+  NGramClass of[128];
+  constexpr AsciiClasses() : of() {
+    for (int c = 0; c < 128; ++c) {
+      const bool space = c == ' ' || c == '\t' || c == '\n' || c == '\r';
+      const bool punct = (c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) || (c >= 123 && c <= 126);
+      of[c] = space ? NGramClass::kSpace : punct ? NGramClass::kPunct : NGramClass::kOther;
+    }
+  }
+};
+inline constexpr AsciiClasses kAsciiClasses{};
+}  // namespace detail
+inline NGramClass ngram_class(char32_t cp) {
+  return cp < 0x80 ? detail::kAsciiClasses.of[cp] : detail::ngram_class_slow(cp);
+}
+
 /// Calls on_word(begin, end) for each word of the normalised `text`, in order: maximal runs of code
 /// points that are neither whitespace nor punctuation, and each CJK ideograph on its own.
 template <typename OnWord>
@@ -46,11 +67,12 @@ void for_each_word(std::u32string_view text, OnWord&& on_word) {
   size_t start = 0;
   const size_t n = text.size();
   for (size_t i = 0; i < n; ++i) {
-    const char32_t c = text[i];
-    if (is_ngram_whitespace(c) || is_ngram_punctuation(c)) {
+    const NGramClass cls = ngram_class(text[i]);
+    if (cls == NGramClass::kOther) continue;
+    if (cls != NGramClass::kCjk) {
       if (i > start) on_word(start, i);
       start = i + 1;
-    } else if (is_ngram_cjk(c)) {
+    } else {
       if (i > start) on_word(start, i);
       on_word(i, i + 1);
       start = i + 1;
@@ -101,8 +123,8 @@ class NGramFeaturizer {
  private:
   struct Workspace {
     std::u32string decoded, normalized, seq;
-    std::string utf8;
-    std::vector<std::pair<size_t, size_t>> words;
+    std::string utf8, words_utf8;
+    std::vector<std::pair<size_t, size_t>> words;  // byte spans in words_utf8
   };
   void featurize_into(std::string_view text, Workspace& ws, std::vector<int64_t>& ids) const;
   int64_t oov_id(int k, std::string_view utf8) const;

@@ -43,6 +43,13 @@ static void run_tests() {
   // One astral code point is one character (U+1F600).
   OMNIKERN_CHECK(char_trigrams("\xF0\x9F\x98\x80") == Strings({"#\xF0\x9F\x98\x80#"}));
 
+  // The compile-time ASCII classes agree with the rules.
+  for (char32_t c = 0; c < 0x80; ++c) {
+    const auto cls = omnikern::ngram_class(c);
+    OMNIKERN_CHECK((cls == omnikern::NGramClass::kSpace) == omnikern::is_ngram_whitespace(c));
+    OMNIKERN_CHECK((cls == omnikern::NGramClass::kPunct) == omnikern::is_ngram_punctuation(c));
+  }
+
   // NFKC_Casefold.
   using omnikern::unicode::nfkc_casefold;
   OMNIKERN_CHECK(nfkc_casefold(U"\u2122") == U"tm");
