@@ -186,8 +186,7 @@ NGramFeaturizer::NGramFeaturizer(const std::array<std::vector<std::string>, 3>& 
   // Trigrams: a power-of-two table at most half full.
   size_t slots = 16;
   while (slots < vocabs[0].size() * 2) slots *= 2;
-  trigram_keys_.assign(slots, kEmptyKey);
-  trigram_ranks_.assign(slots, 0);
+  trigram_slots_.assign(slots, TrigramSlot{});
   trigram_mask_ = slots - 1;
   std::u32string cps;
   for (size_t r = 0; r < vocabs[0].size(); ++r) {
@@ -202,12 +201,11 @@ NGramFeaturizer::NGramFeaturizer(const std::array<std::vector<std::string>, 3>& 
                                   vocabs[0][r] + "' (" + std::to_string(cps.size()) + ")");
     const uint64_t key = pack_trigram(cps.data());
     size_t i = trigram_slot(key, trigram_mask_);
-    while (trigram_keys_[i] != kEmptyKey && trigram_keys_[i] != key) i = (i + 1) & trigram_mask_;
-    if (trigram_keys_[i] == key)
+    while (trigram_slots_[i].key != kEmptyKey && trigram_slots_[i].key != key) i = (i + 1) & trigram_mask_;
+    if (trigram_slots_[i].key == key)
       throw std::invalid_argument(std::string(kNames[0]) + " repeats '" + vocabs[0][r] + "' (index " +
                                   std::to_string(r) + ")");
-    trigram_keys_[i] = key;
-    trigram_ranks_[i] = static_cast<int32_t>(r + 1);
+    trigram_slots_[i] = TrigramSlot{key, static_cast<int64_t>(r + 1)};
   }
   TokenMap* maps[] = {nullptr, &unigrams_, &bigrams_};
   for (int k = 1; k < 3; ++k) {
@@ -232,9 +230,9 @@ NGramFeaturizer::NGramFeaturizer(const std::array<std::vector<std::string>, 3>& 
 int64_t NGramFeaturizer::trigram_id(uint64_t key) const {
   size_t i = trigram_slot(key, trigram_mask_);
   while (true) {
-    const uint64_t k = trigram_keys_[i];
-    if (k == key) return trigram_ranks_[i];
-    if (k == kEmptyKey) return -1;
+    const TrigramSlot& slot = trigram_slots_[i];
+    if (slot.key == key) return slot.rank;
+    if (slot.key == kEmptyKey) return -1;
     i = (i + 1) & trigram_mask_;
   }
 }
@@ -247,8 +245,15 @@ int64_t NGramFeaturizer::oov_id(int k, std::string_view utf8) const {
 void NGramFeaturizer::featurize_into(std::string_view text, Workspace& ws, std::vector<int64_t>& ids) const {
   normalize_utf8(text, ws.decoded, ws.normalized);
   trigram_sequence(ws.normalized, ws.seq);
+  // Two passes: issue every slot's load first so the cache misses of a text overlap.
+  ws.keys.clear();
   for (size_t j = 0; j + 3 <= ws.seq.size(); ++j) {
-    const int64_t rank = trigram_id(pack_trigram(ws.seq.data() + j));
+    const uint64_t key = pack_trigram(ws.seq.data() + j);
+    ws.keys.push_back(key);
+    __builtin_prefetch(&trigram_slots_[trigram_slot(key, trigram_mask_)]);
+  }
+  for (size_t j = 0; j < ws.keys.size(); ++j) {
+    const int64_t rank = trigram_id(ws.keys[j]);
     if (rank > 0) {
       ids.push_back(bases_[0] + rank);
     } else if (oov_buckets_ > 0) {
@@ -266,21 +271,41 @@ void NGramFeaturizer::featurize_into(std::string_view text, Workspace& ws, std::
     append_utf8(normalized.substr(b, e - b), ws.words_utf8);
     ws.words.emplace_back(start, ws.words_utf8.size() - start);
   });
-  const auto emit = [&](int k, const TokenMap& map, std::string_view g) {
-    const int32_t rank = map.find(g);
+  const std::string_view all(ws.words_utf8);
+  const size_t n_words = ws.words.size(), n_bigrams = n_words > 0 ? n_words - 1 : 0;
+  ws.bigrams_utf8.clear();
+  for (size_t i = 0; i < n_bigrams; ++i) {
+    ws.bigrams_utf8.append(all.substr(ws.words[i].first, ws.words[i].second));
+    ws.bigrams_utf8.push_back(static_cast<char>(kMarker));
+    ws.bigrams_utf8.append(all.substr(ws.words[i + 1].first, ws.words[i + 1].second));
+  }
+  const std::string_view bigrams(ws.bigrams_utf8);
+  // Bigram i starts where the lengths of the bigrams before it (w_j + '#' + w_{j+1}) end.
+  const auto unigram = [&](size_t i) { return all.substr(ws.words[i].first, ws.words[i].second); };
+  ws.hashes.clear();
+  for (size_t i = 0; i < n_words; ++i) {
+    ws.hashes.push_back(TokenMap::hash(unigram(i)));
+    unigrams_.prefetch(ws.hashes.back());
+  }
+  for (size_t i = 0, start = 0; i < n_bigrams; ++i) {
+    const size_t len = ws.words[i].second + 1 + ws.words[i + 1].second;
+    ws.hashes.push_back(TokenMap::hash(bigrams.substr(start, len)));
+    bigrams_.prefetch(ws.hashes.back());
+    start += len;
+  }
+  const auto emit = [&](int k, const TokenMap& map, std::string_view g, uint64_t h) {
+    const int32_t rank = map.find(g, h);
     if (rank > 0) {
       ids.push_back(bases_[k] + rank);
     } else if (oov_buckets_ > 0) {
       ids.push_back(oov_id(k, g));
     }
   };
-  const std::string_view all(ws.words_utf8);
-  for (const auto& [start, len] : ws.words) emit(1, unigrams_, all.substr(start, len));
-  for (size_t i = 0; i + 1 < ws.words.size(); ++i) {
-    ws.utf8.assign(all.substr(ws.words[i].first, ws.words[i].second));
-    ws.utf8.push_back(static_cast<char>(kMarker));
-    ws.utf8.append(all.substr(ws.words[i + 1].first, ws.words[i + 1].second));
-    emit(2, bigrams_, ws.utf8);
+  for (size_t i = 0; i < n_words; ++i) emit(1, unigrams_, unigram(i), ws.hashes[i]);
+  for (size_t i = 0, start = 0; i < n_bigrams; ++i) {
+    const size_t len = ws.words[i].second + 1 + ws.words[i + 1].second;
+    emit(2, bigrams_, bigrams.substr(start, len), ws.hashes[n_words + i]);
+    start += len;
   }
 }
 

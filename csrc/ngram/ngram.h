@@ -125,15 +125,22 @@ class NGramFeaturizer {
     std::u32string decoded, normalized, seq;
     std::string utf8, words_utf8;
     std::vector<std::pair<size_t, size_t>> words;  // byte spans in words_utf8
+    std::vector<uint64_t> keys;                      // packed trigrams of the current text
+    std::string bigrams_utf8;                        // "w1#w2" of each bigram, back to back
+    std::vector<uint64_t> hashes;                    // TokenMap hashes: unigrams, then bigrams
   };
   void featurize_into(std::string_view text, Workspace& ws, std::vector<int64_t>& ids) const;
   int64_t oov_id(int k, std::string_view utf8) const;
   int64_t trigram_id(uint64_t key) const;
 
-  // Open addressing over packed trigram keys (3 x 21 bits); empty slots hold kEmptyKey.
+  // Open addressing over packed trigram keys (3 x 21 bits); empty slots hold kEmptyKey. Key and
+  // rank share a slot so a probe touches one cache line.
   static constexpr uint64_t kEmptyKey = ~uint64_t{0};
-  std::vector<uint64_t> trigram_keys_;
-  std::vector<int32_t> trigram_ranks_;
+  struct TrigramSlot {
+    uint64_t key = kEmptyKey;
+    int64_t rank = 0;
+  };
+  std::vector<TrigramSlot> trigram_slots_;
   uint64_t trigram_mask_ = 0;
   TokenMap unigrams_, bigrams_;
   uint64_t oov_buckets_ = 0;
