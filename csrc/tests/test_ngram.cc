@@ -1,6 +1,7 @@
 // The n-gram featuriser: the worked examples of spec/text.md, NFKC_Casefold, id layout and batches.
 #include "ngram/ngram.h"
 
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -83,6 +84,33 @@ static void run_tests() {
   ids.clear();
   g.featurize("z", ids);
   OMNIKERN_CHECK(ids.size() == 2 && ids[0] >= 2 && ids[0] < 4 && ids[1] >= 6 && ids[1] < 8);
+
+  // Random inputs (run under the sanitizer build too): valid text of mixed code points keeps the
+  // id count = trigrams + unigrams + bigrams with OOV buckets on, NFKC_Casefold is idempotent, and
+  // random bytes either featurise or throw std::invalid_argument.
+  std::mt19937 rng(7);
+  const char32_t pool[] = {'a', 'Z', ' ', '#', ',', '\t', 0x00A0, 0x00AD, 0x0301, 0x0345, 0x00DF, 0x2122, 0x4E2D,
+                           0x2B820, 0x1F600, 0xFE0F, 0xE0001, 0x3000, 0x0130, 0xAC00, 0x1100, 0x1161, 0x10FFFF, 0};
+  for (int it = 0; it < 20000; ++it) {
+    std::u32string text;
+    for (size_t k = rng() % 12; k > 0; --k)
+      text.push_back(rng() % 3 ? pool[rng() % (sizeof(pool) / sizeof(pool[0]))] : static_cast<char32_t>(rng() % 0x30000));
+    for (char32_t& c : text)
+      if (c >= 0xD800 && c <= 0xDFFF) c = 'x';
+    const std::string utf8 = omnikern::unicode::encode_utf8(text);
+    const std::u32string once = nfkc_casefold(text);
+    OMNIKERN_CHECK(nfkc_casefold(once) == once);
+    ids.clear();
+    g.featurize(utf8, ids);
+    OMNIKERN_CHECK_EQ(ids.size(), omnikern::char_trigrams(utf8).size() + omnikern::word_ngrams(utf8, 1).size() +
+                                      omnikern::word_ngrams(utf8, 2).size());
+    std::string bytes(rng() % 16, '\0');
+    for (char& b : bytes) b = static_cast<char>(rng());
+    try {
+      g.featurize(bytes, ids);
+    } catch (const std::invalid_argument&) {
+    }
+  }
 
   OMNIKERN_CHECK(throws_invalid([] { omnikern::char_trigrams("\xFF"); }));
   OMNIKERN_CHECK(throws_invalid([] { NGramFeaturizer({Strings{"ab"}, Strings{}, Strings{}}, 0); }));
