@@ -227,7 +227,8 @@ NGramFeaturizer::NGramFeaturizer(const std::array<std::vector<std::string>, 3>& 
     bases_[k + 1] = bases_[k] + 1 + static_cast<int64_t>(vocabs[k].size()) + static_cast<int64_t>(oov_buckets_);
 }
 
-int64_t NGramFeaturizer::trigram_id(uint64_t key) const {
+// Inline: called once per trigram, and an exported member would go through the PLT.
+inline int64_t NGramFeaturizer::trigram_id(uint64_t key) const {
   size_t i = trigram_slot(key, trigram_mask_);
   while (true) {
     const TrigramSlot& slot = trigram_slots_[i];
