@@ -27,6 +27,29 @@ from omnikern.text.reference import (
 SPEC_TRIGRAMS = "#ar art rti tis ist sti tic ic# c#i #ip iph pho hon one ne# e#6 #6s 6s# s#c #ca cas ase se#".split()
 
 
+# Known differences from Python 3.11's unicodedata (Unicode 14.0), listed explicitly:
+# NFKC_Casefold (ours: Unicode 17.0) differs only on code points Python does not know yet, the
+# case pairs and compatibility characters added in 15.0-17.0 ...
+KNOWN_NFKC_CF_DIFFERENCES_PY14 = (0x1C89, (0xA7CB, 0xA7CC), 0xA7CE, 0xA7D2, 0xA7D4, 0xA7DA, 0xA7DC, 0xA7F1,
+                                  (0x10D50, 0x10D65), (0x16EA0, 0x16EB8), (0x1CCD6, 0x1CCF9), (0x1E030, 0x1E06D))
+# ... and punctuation (ours: the WordPiece set, Unicode 8.0 P*) differs on the 104 P* characters
+# added in 9.0-14.0, and on U+166D and U+111C9, which were Po in 8.0 and are So / Mn now.
+KNOWN_PUNCTUATION_DIFFERENCES_PY14 = (
+    0x061D, 0x09FD, 0x0A76, 0x0C77, 0x0C84, 0x166D, (0x1B7D, 0x1B7E), (0x2E43, 0x2E4F), (0x2E52, 0x2E5D), 0x10EAD,
+    (0x10F55, 0x10F59), (0x10F86, 0x10F89), 0x111C9, (0x1144B, 0x1144F), (0x1145A, 0x1145B), 0x1145D,
+    (0x11660, 0x1166C), 0x116B9, 0x1183B, (0x11944, 0x11946), 0x119E2, (0x11A3F, 0x11A46), (0x11A9A, 0x11A9C),
+    (0x11A9E, 0x11AA2), (0x11C41, 0x11C45), (0x11C70, 0x11C71), (0x11EF7, 0x11EF8), 0x11FFF, (0x12FF1, 0x12FF2),
+    (0x16E97, 0x16E9A), 0x16FE2, (0x1E95E, 0x1E95F))
+
+
+def _expand(items) -> set[str]:
+    out = set()
+    for item in items:
+        first, last = item if isinstance(item, tuple) else (item, item)
+        out.update(chr(cp) for cp in range(first, last + 1))
+    return out
+
+
 def _every_code_point():
     return (chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF)
 
@@ -121,14 +144,15 @@ def test_nfkc_casefold_every_code_point(python_disagrees):
     assert all(unicodedata.category(ch) == "Cn" for ch in norm_diff), [hex(ord(c)) for c in norm_diff
                                                                         if unicodedata.category(c) != "Cn"]
     if unicodedata.unidata_version == "14.0.0":
-        assert len(norm_diff) == 154
+        assert set(norm_diff) == _expand(KNOWN_NFKC_CF_DIFFERENCES_PY14)
     # Neighbours interact (marks compose with the mapping before them): one long string too.
     text = "".join(chr(cp) for cp in range(0x20, 0x3400) if chr(cp) not in python_disagrees)
     assert NGramFeaturizer.normalize(text) == nfkc_casefold_ref(text)
     newer = {ch for ch in python_disagrees if unicodedata.category(ch) == "Cn"}
     assert set(norm_diff) <= newer
     punct_diff = python_disagrees - newer
-    assert 0 < len(punct_diff) < 200, len(punct_diff)
+    if unicodedata.unidata_version == "14.0.0":
+        assert punct_diff == _expand(KNOWN_PUNCTUATION_DIFFERENCES_PY14)
 
 
 def test_default_ignorable_reference_counts():

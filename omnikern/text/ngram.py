@@ -29,6 +29,17 @@ B * F bags, bag ``row * F + field`` (``offsets`` has B * F entries; ``EmbeddingB
 offsets)`` is (B * F, D), and ``.view(B, F, D)`` gives the field embeddings). The result equals
 ``omnikern.text.reference.ngram_featurize_ref`` over the flattened texts.
 
+Unicode versions and known differences. NFKC_Casefold, Zs and CJK use Unicode 17.0 (the tables
+of ``csrc/unicode``), punctuation uses Unicode 8.0's P* (WordPiece's set). The reference
+implementation (``omnikern.text.reference``) uses Python's ``unicodedata`` (14.0 on Python 3.11) and
+agrees everywhere except: NFKC_Casefold on 154 code points Python does not know (case pairs and
+compatibility characters added in 15.0-17.0: U+1C89, U+A7CB..A7F1, U+10D50..10D65, U+16EA0..16EB8,
+U+1CCD6..1CCF9, U+1E030..1E06D; listed in python_tests/test_text_ngram.py), punctuation on 106 code
+points (P* added after 8.0, and U+166D, U+111C9 which left P*), and anything assigned after 14.0
+(combining classes). Against ICU 72 (Unicode 15.0) ``unorm2_getNFKCCasefoldInstance``, NFKC_Casefold
+and Default_Ignorable_Code_Point agree on every code point assigned in 15.0 (checked once; ICU is not
+a dependency).
+
 Batch calls release the GIL and split the work over ``num_threads`` threads; the result does not
 depend on the thread count. Featurisers pickle as JSON-able state (vocabs + options); vocabularies
 are saved as JSON (atomic write), never pickled.
