@@ -320,9 +320,12 @@ void NGramFeaturizer::featurize_batch(const std::vector<std::string_view>& texts
   const size_t n = texts.size();
   offsets.assign(n, 0);
   // Each chunk of texts writes its own id list; lengths go to offsets[i] and become starts below.
-  // Chunk boundaries depend on the thread count, the concatenation does not.
+  // Chunk boundaries depend on the thread count, the concatenation does not. A thread is worth
+  // starting for ~32 KiB of text (~30 us of work, several times the cost of the thread).
+  size_t total_bytes = 0;
+  for (const std::string_view t : texts) total_bytes += t.size();
   const size_t chunks = std::min<size_t>(static_cast<size_t>(resolve_num_threads(num_threads)),
-                                         std::max<size_t>(1, n / 1024));
+                                         std::max<size_t>(1, std::min(n, total_bytes / 32768)));
   std::vector<std::vector<int64_t>> parts(chunks);
   parallel_for(chunks, num_threads, 1, [&](size_t cb, size_t ce) {
     Workspace ws;
