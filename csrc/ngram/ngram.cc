@@ -20,14 +20,17 @@ constexpr char32_t kMarker = '#';
 inline uint64_t pack_trigram(const char32_t* p) {
   return (static_cast<uint64_t>(p[0]) << 42) | (static_cast<uint64_t>(p[1]) << 21) | p[2];
 }
-inline size_t trigram_slot(uint64_t key, uint64_t mask) { return ((key * 0x9E3779B97F4A7C15ull) >> 17) & mask; }
+// Fibonacci hashing: the top bits of key * 2^64/phi depend on every bit of the key (the low bits of
+// the product would ignore the first code point, and colliding probes cluster).
+inline size_t trigram_slot(uint64_t key, int shift) { return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> shift); }
 
 void append_utf8(std::u32string_view text, std::string& out) {
   for (const char32_t c : text) unicode::append_utf8(c, out);
 }
 
-// Decode + NFKC_Casefold into ws-style buffers (`decoded` is scratch).
-void normalize_utf8(std::string_view text, std::u32string& decoded, std::u32string& normalized) {
+// Decode + NFKC_Casefold of UTF-8 `text` into `normalized` (`decoded` is working memory). Returns
+// whether the text was ASCII (then so is `normalized`).
+bool normalize_utf8(std::string_view text, std::u32string& decoded, std::u32string& normalized) {
   // ASCII text (the common case) only needs lowercasing: skip decoding and the mapping loop.
   bool ascii = true;
   for (const char b : text) ascii &= static_cast<unsigned char>(b) < 0x80;
@@ -37,11 +40,12 @@ void normalize_utf8(std::string_view text, std::u32string& decoded, std::u32stri
       const char32_t c = static_cast<unsigned char>(text[i]);
       normalized[i] = c >= 'A' && c <= 'Z' ? c + 32 : c;
     }
-    return;
+    return true;
   }
   decoded.clear();
   unicode::decode_utf8(text, decoded);
   unicode::nfkc_casefold(decoded, normalized);
+  return false;
 }
 
 // Calls on_ngram(utf8) for each word n-gram (n words joined by '#') of the normalised text.
@@ -185,7 +189,8 @@ NGramFeaturizer::NGramFeaturizer(const std::array<std::vector<std::string>, 3>& 
   }
   // Trigrams: a power-of-two table at most half full.
   size_t slots = 16;
-  while (slots < vocabs[0].size() * 2) slots *= 2;
+  trigram_shift_ = 60;
+  while (slots < vocabs[0].size() * 2) slots *= 2, --trigram_shift_;
   trigram_slots_.assign(slots, TrigramSlot{});
   trigram_mask_ = slots - 1;
   std::u32string cps;
@@ -200,7 +205,7 @@ NGramFeaturizer::NGramFeaturizer(const std::array<std::vector<std::string>, 3>& 
       throw std::invalid_argument(std::string(kNames[0]) + "[" + std::to_string(r) + "] must be 3 code points, got '" +
                                   vocabs[0][r] + "' (" + std::to_string(cps.size()) + ")");
     const uint64_t key = pack_trigram(cps.data());
-    size_t i = trigram_slot(key, trigram_mask_);
+    size_t i = trigram_slot(key, trigram_shift_);
     while (trigram_slots_[i].key != kEmptyKey && trigram_slots_[i].key != key) i = (i + 1) & trigram_mask_;
     if (trigram_slots_[i].key == key)
       throw std::invalid_argument(std::string(kNames[0]) + " repeats '" + vocabs[0][r] + "' (index " +
@@ -229,7 +234,7 @@ NGramFeaturizer::NGramFeaturizer(const std::array<std::vector<std::string>, 3>& 
 
 // Inline: called once per trigram, and an exported member would go through the PLT.
 inline int64_t NGramFeaturizer::trigram_id(uint64_t key) const {
-  size_t i = trigram_slot(key, trigram_mask_);
+  size_t i = trigram_slot(key, trigram_shift_);
   while (true) {
     const TrigramSlot& slot = trigram_slots_[i];
     if (slot.key == key) return slot.rank;
@@ -244,14 +249,14 @@ int64_t NGramFeaturizer::oov_id(int k, std::string_view utf8) const {
 }
 
 void NGramFeaturizer::featurize_into(std::string_view text, Workspace& ws, std::vector<int64_t>& ids) const {
-  normalize_utf8(text, ws.decoded, ws.normalized);
+  const bool ascii = normalize_utf8(text, ws.decoded, ws.normalized);
   trigram_sequence(ws.normalized, ws.seq);
   // Two passes: issue every slot's load first so the cache misses of a text overlap.
   ws.keys.clear();
   for (size_t j = 0; j + 3 <= ws.seq.size(); ++j) {
     const uint64_t key = pack_trigram(ws.seq.data() + j);
     ws.keys.push_back(key);
-    __builtin_prefetch(&trigram_slots_[trigram_slot(key, trigram_mask_)]);
+    __builtin_prefetch(&trigram_slots_[trigram_slot(key, trigram_shift_)]);
   }
   for (size_t j = 0; j < ws.keys.size(); ++j) {
     const int64_t rank = trigram_id(ws.keys[j]);
@@ -263,15 +268,22 @@ void NGramFeaturizer::featurize_into(std::string_view text, Workspace& ws, std::
       ids.push_back(oov_id(0, ws.utf8));
     }
   }
-  // Each word is encoded to UTF-8 once; bigrams are two encoded words around '#'.
+  // Each word is encoded to UTF-8 once (ASCII text: the whole lowercased text, words are spans of
+  // it); bigrams are two encoded words around '#'.
   ws.words.clear();
   ws.words_utf8.clear();
   const std::u32string_view normalized(ws.normalized);
-  for_each_word(normalized, [&](size_t b, size_t e) {
-    const size_t start = ws.words_utf8.size();
-    append_utf8(normalized.substr(b, e - b), ws.words_utf8);
-    ws.words.emplace_back(start, ws.words_utf8.size() - start);
-  });
+  if (ascii) {
+    ws.words_utf8.resize(normalized.size());
+    for (size_t i = 0; i < normalized.size(); ++i) ws.words_utf8[i] = static_cast<char>(normalized[i]);
+    for_each_word(normalized, [&](size_t b, size_t e) { ws.words.emplace_back(b, e - b); });
+  } else {
+    for_each_word(normalized, [&](size_t b, size_t e) {
+      const size_t start = ws.words_utf8.size();
+      append_utf8(normalized.substr(b, e - b), ws.words_utf8);
+      ws.words.emplace_back(start, ws.words_utf8.size() - start);
+    });
+  }
   const std::string_view all(ws.words_utf8);
   const size_t n_words = ws.words.size(), n_bigrams = n_words > 0 ? n_words - 1 : 0;
   ws.bigrams_utf8.clear();

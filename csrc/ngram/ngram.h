@@ -142,6 +142,7 @@ class NGramFeaturizer {
   };
   std::vector<TrigramSlot> trigram_slots_;
   uint64_t trigram_mask_ = 0;
+  int trigram_shift_ = 60;  // 64 - log2(slot count)
   TokenMap unigrams_, bigrams_;
   uint64_t oov_buckets_ = 0;
   std::array<int64_t, 4> bases_{};
