@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from omnikern import _C
+from omnikern._atomic import write_text_atomic
 
 DEFAULT_CAPS = (64_000, 200_000, 1_000_000)
 KINDS = ("char_trigram", "unigram", "bigram")
@@ -114,19 +114,7 @@ class NGramVocabs:
         """Writes the vocabularies as JSON, atomically (a temp file in the same folder, then rename)."""
         doc = {"format": _FORMAT, "version": _FORMAT_VERSION, "unicode_version": UNICODE_VERSION,
                **{kind: getattr(self, kind) for kind in KINDS}, "counts": self.counts}
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".ngram-vocabs-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, ensure_ascii=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_text_atomic(path, json.dumps(doc, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NGramVocabs:
