@@ -2,7 +2,8 @@
 
 Rows are stored as per-row int8 codes (:func:`omnikern.ops.quantize_int8`) with their float32
 scales and int64 ids: N·(D + 4 + 8) bytes, plus 4·N·D for the optional float copy that re-ranking
-uses. Search runs :func:`omnikern.ops.int8_topk` (Triton on a GPU, the C++ kernel on CPU).
+uses (storage grows by doubling, so up to twice that is reserved after many adds; a loaded index
+holds exactly N rows). Search runs :func:`omnikern.ops.int8_topk` (Triton on a GPU, the C++ kernel on CPU).
 
 File format: a safetensors file with tensors ``codes`` (N, D) int8, ``scales`` (N,) float32,
 ``ids`` (N,) int64 and, with ``keep_float``, ``vectors`` (N, D) float32. The metadata holds
@@ -18,12 +19,12 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from omnikern._atomic import write_bytes_atomic
 from omnikern.ops.int8 import int8_topk, quantize_int8
 
 _FORMAT = "omnikern.Int8Index"
@@ -263,18 +264,7 @@ class Int8Index:
             "count": str(self._size),
             "sha256": _checksum(tensors),
         }
-        data = save(tensors, metadata=metadata)
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(path, save(tensors, metadata=metadata))
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Int8Index:

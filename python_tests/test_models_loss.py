@@ -81,14 +81,14 @@ def test_module_matches_reference_pipeline_over_steps(neg_mode, impl):
         ids = {k: batch[k] for k in ("query_ids", "pos_ids", "neg_ids")}
         result = module(*(x.to(DEVICE) for x in leaves), **{k: v.to(DEVICE) for k, v in ids.items()}, weights=weights)
         assert isinstance(result, SampledSoftmaxLossResult)
-        got = grads_of(result.loss, leaves + [module.log_scale])
+        got = grads_of(result.total, leaves + [module.log_scale])
 
         t = module.log_scale.detach().clone().requires_grad_(True)
         want_loss, want_components = sampled_softmax_loss_ref(
             *leaves, log_scale=t, neg_mode=neg_mode, weights=weights, **ids, **pipeline.logq(batch)
         )
         want = grads_of(want_loss, leaves + [t])
-        assert_close_verbose(result.loss.detach().cpu(), want_loss.detach(), atol=1e-5, rtol=1e-5, name="loss")
+        assert_close_verbose(result.total.detach().cpu(), want_loss.detach(), atol=1e-5, rtol=1e-5, name="loss")
         for name, g, w in zip(("query", "pos", "neg", "t"), got, want):
             assert_close_verbose(g.cpu(), w, atol=1e-5, rtol=1e-4, name=name)
         assert sorted(result.components) == sorted(want_components)
@@ -110,8 +110,21 @@ def test_pair_key_wraps_like_int64():
     want, _ = sampled_softmax_loss_ref(
         batch["query"], batch["pos"], batch["neg"], log_scale=torch.tensor(-math.log(0.07)), dims=[32], **ids, **logq
     )
-    assert_close_verbose(result.loss.detach(), want.float(), atol=1e-5, rtol=1e-5)
+    assert_close_verbose(result.total.detach(), want.float(), atol=1e-5, rtol=1e-5)
     assert module.pair_sketch.counts.tolist() == pipeline.sketches["pair"].counts
+
+
+@pytest.mark.parametrize("neg_mode", ["mixed_sum", "mixed_concat"])
+def test_no_random_negatives_this_step(neg_mode):
+    """The model container passes neg=None, neg_ids=None when a batch has no random negatives:
+    the random term is 0 and the in-batch one is unchanged; the negative sketch sees nothing."""
+    batch = make_batch()
+    module = SampledSoftmaxLoss(neg_mode=neg_mode, sketch_width=WIDTH, impl="torch")
+    result = module(batch["query"], batch["pos"], None, query_ids=batch["query_ids"], pos_ids=batch["pos_ids"])
+    assert torch.isfinite(result.total) and int(module.neg_sketch.num_seen) == 0
+    if neg_mode == "mixed_sum":
+        assert all(v.item() == 0.0 for k, v in result.components.items() if k.startswith("random@"))
+        assert result.unmasked_negatives["random"].item() == 0.0
 
 
 def test_temperature_init_and_in_place_clamp():
@@ -127,7 +140,7 @@ def test_temperature_init_and_in_place_clamp():
     result = module(batch["query"], batch["pos"], batch["neg"], **ids)
     assert module.log_scale.item() == pytest.approx(math.log(100.0))
     assert result.scale.item() == pytest.approx(100.0, rel=1e-6)
-    result.loss.backward()
+    result.total.backward()
     assert module.log_scale.grad is not None and module.log_scale.grad.abs().item() > 0
     t = torch.tensor(math.log(100.0), requires_grad=True)
     want, _ = sampled_softmax_loss_ref(batch["query"], batch["pos"], batch["neg"], log_scale=t, **ids)
@@ -155,7 +168,7 @@ def test_cap_on_in_batch_negatives():
         batch["query"], batch["pos"], batch["neg"], log_scale=t, candidates=batch["pos"][keep],
         candidate_ids=batch["pos_ids"][keep], candidate_query_ids=batch["query_ids"][keep], **ids, **logq,
     )  # fmt: skip
-    assert_close_verbose(result.loss.detach(), want.float(), atol=1e-5, rtol=1e-5)
+    assert_close_verbose(result.total.detach(), want.float(), atol=1e-5, rtol=1e-5)
     masked = (batch["pos_ids"][keep][None] == batch["pos_ids"][:, None]) | (
         batch["query_ids"][keep][None] == batch["query_ids"][:, None]
     )
@@ -172,7 +185,7 @@ def test_diagnostics_and_logq_off():
         batch["query"], batch["pos"], batch["neg"], log_scale=torch.tensor(-math.log(0.07)), neg_mode="mixed_concat",
         dims=[16, 32], dim_weights=[0.5, 1.0], **ids,
     )  # fmt: skip
-    assert_close_verbose(result.loss.detach(), want, atol=1e-5, rtol=1e-5)
+    assert_close_verbose(result.total.detach(), want, atol=1e-5, rtol=1e-5)
     assert sorted(result.components) == ["mixed_concat@16", "mixed_concat@32"]
     assert all(not v.requires_grad for v in result.components.values())
     assert result.temperature.item() == pytest.approx(0.07, rel=1e-6)
@@ -198,8 +211,8 @@ def test_state_dict_round_trip_keeps_sketches_and_temperature():
     for name in ("query_sketch", "pair_sketch", "candidate_sketch", "neg_sketch"):
         assert torch.equal(getattr(restored, name).counts, getattr(module, name).counts)
         assert int(getattr(restored, name).num_seen) == int(getattr(module, name).num_seen)
-    a = module(batch["query"], batch["pos"], batch["neg"], **ids).loss
-    b = restored(batch["query"], batch["pos"], batch["neg"], **ids).loss
+    a = module(batch["query"], batch["pos"], batch["neg"], **ids).total
+    b = restored(batch["query"], batch["pos"], batch["neg"], **ids).total
     assert torch.equal(a, b)
 
 
@@ -223,7 +236,7 @@ def test_bad_construction(kwargs, error, match):
 @pytest.mark.parametrize(
     "changes, error, match",
     [
-        (dict(neg=None), ValueError, "neg is required"),
+        (dict(neg=None), ValueError, "neg_ids needs neg"),
         (dict(query_ids=torch.zeros(13, dtype=torch.int32)), TypeError, "query_ids must be an int64 tensor"),
         (dict(pos_ids=torch.zeros(12, dtype=torch.int64)), ValueError, r"pos_ids must have shape \(13,\)"),
         (dict(neg_ids=torch.zeros(3, dtype=torch.int64)), ValueError, r"neg_ids must have shape \(11,\)"),
@@ -265,10 +278,10 @@ def _distributed_worker(rank: int, world: int, rendezvous: str, out_dir: str) ->
             leaves[0], leaves[1], neg, query_ids=full["query_ids"][rows], pos_ids=full["pos_ids"][rows], neg_ids=full["neg_ids"][negs]
         )
         # The whole batch's mean is the row-count-weighted sum of the ranks' means.
-        (result.loss * (leaves[0].shape[0] / 8)).backward()
+        (result.total * (leaves[0].shape[0] / 8)).backward()
         torch.save(
             {
-                "loss": result.loss.detach() * (leaves[0].shape[0] / 8),
+                "loss": result.total.detach() * (leaves[0].shape[0] / 8),
                 "query": leaves[0].grad, "pos": leaves[1].grad, "neg": neg.grad, "t": module.log_scale.grad,
                 "sketch": module.candidate_sketch.counts.clone(),
             },  # fmt: skip
@@ -290,10 +303,10 @@ def test_distributed_gather_matches_single_process(tmp_path):
     module = SampledSoftmaxLoss(neg_mode="mixed_sum", sketch_width=WIDTH, impl="torch")
     leaves = [full[k].clone().requires_grad_(True) for k in ("query", "pos", "neg")]
     result = module(*leaves, query_ids=full["query_ids"], pos_ids=full["pos_ids"], neg_ids=full["neg_ids"])
-    result.loss.backward()
+    result.total.backward()
 
     slices = _rank_slices()
-    assert_close_verbose(ranks[0]["loss"] + ranks[1]["loss"], result.loss.detach(), atol=1e-6, rtol=1e-5, name="loss")
+    assert_close_verbose(ranks[0]["loss"] + ranks[1]["loss"], result.total.detach(), atol=1e-6, rtol=1e-5, name="loss")
     for r in range(2):
         rows, negs = slices[r]
         assert_close_verbose(ranks[r]["query"], leaves[0].grad[rows], atol=1e-6, rtol=1e-4, name=f"query grad rank {r}")

@@ -160,7 +160,7 @@ def test_topk_exact_ties_go_to_lower_index(impl):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_topk_zero_rows_and_zero_query(impl):
     """Zero corpus rows score 0; a zero query scores 0 everywhere, so it returns 0, 1, 2, ..."""
-    x = _unit(40, 16)
+    x = _unit(32, 16)
     x[[3, 17, 30]] = 0
     codes, scales = quantize_int8_ref(x)
     codes, scales = codes.to(DEVICE), scales.to(DEVICE)
@@ -168,10 +168,20 @@ def test_topk_zero_rows_and_zero_query(impl):
     query[1] = 0
     query = query.to(DEVICE)
     for dim in (None, 5):
-        scores, indices = int8_topk(query, codes, scales, 40, dim, impl=impl)
-        assert_topk_matches(scores, indices, query, codes, scales, 40, dim, name=f"{impl} dim={dim}")
-        assert indices[1].cpu().tolist() == list(range(40))
+        scores, indices = int8_topk(query, codes, scales, 32, dim, impl=impl)
+        assert_topk_matches(scores, indices, query, codes, scales, 32, dim, name=f"{impl} dim={dim}")
+        assert indices[1].cpu().tolist() == list(range(32))
         assert (scores[1] == 0).all()
+
+
+def test_topk_triton_and_cpp_are_bit_identical():
+    """The kernel and the C++ path do the same float32 operations: identical scores and indices."""
+    codes, scales = quantize_int8_ref(_unit(500, 40))
+    query, exclude = _unit(20, 40), torch.randint(-1, 500, (20,))
+    for dim in (None, 13):
+        want = int8_topk(query, codes, scales, 10, dim, exclude, impl="cpp")
+        got = int8_topk(query.to(DEVICE), codes.to(DEVICE), scales.to(DEVICE), 10, dim, exclude.to(DEVICE), impl="triton")
+        assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[1].cpu(), want[1]), dim
 
 
 def test_topk_triton_large_k_bitonic_path():
@@ -235,7 +245,7 @@ def test_topk_cpp_handles_minus_128_codes():
 )
 def test_topk_cpp_and_torch_match_reference_property(Q, N, D, extra_k, prefix, spread, seed):
     """Random shapes, k from 1 to N + 5, prefixes, exclusions; `spread` 0.01 makes many codes
-    equal (ties). The C++ and torch paths agree with the reference."""
+    equal (ties). The C++ and torch paths agree with the reference and with each other exactly."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(N, D, generator=gen)
     x = torch.where(torch.rand(N, D, generator=gen) < 0.5, x * spread, x)
@@ -245,9 +255,13 @@ def test_topk_cpp_and_torch_match_reference_property(Q, N, D, extra_k, prefix, s
     k = max(1, N + extra_k)
     dim = int(torch.randint(1, D + 1, (1,), generator=gen)) if prefix else None
     exclude = torch.randint(-1, N, (Q,), generator=gen)
+    results = {}
     for impl in ("cpp", "torch"):
-        scores, indices = int8_topk(query, codes, scales, k, dim, exclude, impl=impl)
+        scores, indices = int8_topk(query, codes, scales, k, dim, exclude, impl=impl, num_threads=2)
         assert_topk_matches(scores, indices, query, codes, scales, k, dim, exclude, name=impl)
+        results[impl] = (scores, indices)
+    # Both compute the same float32 operations: bit-identical, not just close.
+    assert torch.equal(results["cpp"][0], results["torch"][0]) and torch.equal(results["cpp"][1], results["torch"][1])
 
 
 def test_topk_empty_query_batch_and_custom_op():

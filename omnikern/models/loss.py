@@ -102,7 +102,7 @@ class SampledSoftmaxLossResult:
     """What :class:`SampledSoftmaxLoss` returns.
 
     Attributes:
-        loss: scalar total, differentiable.
+        total: the scalar loss, differentiable.
         components: ``f"{term}@{dim}"`` → mean cross-entropy of that logit matrix and prefix
             (detached, for logging); ``term`` in ``in_batch | random | mixed_concat``.
         temperature: ``1 / scale`` after the clamp (detached scalar); ``scale`` is ``exp(t)``.
@@ -110,7 +110,7 @@ class SampledSoftmaxLossResult:
             the id masks (detached float scalar).
     """
 
-    loss: torch.Tensor
+    total: torch.Tensor
     components: dict[str, torch.Tensor] = field(default_factory=dict)
     temperature: torch.Tensor | None = None
     scale: torch.Tensor | None = None
@@ -224,7 +224,8 @@ class SampledSoftmaxLoss(nn.Module):
         """Returns the loss, its components and diagnostics for one batch (see the class docstring).
 
         Args:
-            query, pos: (B, D) on one device; neg: (R, D) random negatives (not for ``in_batch``).
+            query, pos: (B, D) on one device; neg: (R, D) random negatives (not for ``in_batch``;
+                None means none this step: the random term is then 0).
             query_ids, pos_ids: (B,) int64; neg_ids: (R,) int64; weights: optional (B,).
         """
         with torch.no_grad():
@@ -239,13 +240,17 @@ class SampledSoftmaxLoss(nn.Module):
             if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64:
                 raise TypeError(f"{name} must be an int64 tensor, got {getattr(ids, 'dtype', type(ids).__name__)}")
 
-        if uses_random and neg is None:
-            raise ValueError(f"neg is required for neg_mode={self.neg_mode!r}, got None")
+        if neg is None and neg_ids is not None:
+            raise ValueError("neg_ids needs neg, got neg=None")
         for name, ids, rows in (("query_ids", query_ids, query.shape[0]), ("pos_ids", pos_ids, pos.shape[0])):
             if ids.shape != (rows,):
                 raise ValueError(f"{name} must have shape ({rows},) to match its embeddings, got {tuple(ids.shape)}")
         if neg is not None and (neg_ids is None or neg_ids.shape != (neg.shape[0],)):
             raise ValueError(f"neg_ids must have shape ({neg.shape[0]},) to match neg, got {getattr(neg_ids, 'shape', None)}")
+
+        if uses_random and neg is None:
+            # No random negatives this step: an empty set (the random term is then 0).
+            neg, neg_ids = query.new_empty((0, query.shape[1])), query_ids.new_empty((0,))
 
         # In-batch candidates: at most k of this rank's positives, then gathered from all ranks.
         cand, cand_ids, cand_query_ids = pos, pos_ids, query_ids
@@ -300,7 +305,7 @@ class SampledSoftmaxLoss(nn.Module):
             unmasked = {"mixed_concat": unmasked["in_batch"] + unmasked["random"]}
         scale = self.log_scale.detach().exp()
         return SampledSoftmaxLossResult(
-            loss=out.loss,
+            total=out.total,
             components={name: value.detach() for name, value in out.components.items()},
             temperature=1.0 / scale,
             scale=scale,

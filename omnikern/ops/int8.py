@@ -301,6 +301,12 @@ def _topk_triton(
     return _finish(keys.permute(1, 0, 2).reshape(Q, splits * k_pad), k)
 
 
+def _sqrt_rn(sumsq: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded float32 sqrt of int32 values (torch's float32 CPU sqrt is not always):
+    the float64 sqrt rounded to float32 is the correctly rounded float32 result (53 >= 2·24 + 2)."""
+    return torch.sqrt(sumsq.double()).float()
+
+
 def _row_factors_torch(codes: torch.Tensor, dim: int, normalize: bool, scales: torch.Tensor) -> torch.Tensor:
     if not normalize:
         return scales
@@ -309,7 +315,7 @@ def _row_factors_torch(codes: torch.Tensor, dim: int, normalize: bool, scales: t
     for start in range(0, codes.shape[0], 65536):  # bounded temporaries
         block = prefix[start : start + 65536].to(torch.int32)
         sumsq[start : start + 65536] = (block * block).sum(dim=1, dtype=torch.int32)
-    return torch.where(sumsq > 0, 1.0 / torch.sqrt(sumsq.float()), torch.zeros(1, device=codes.device))
+    return torch.where(sumsq > 0, 1.0 / _sqrt_rn(sumsq), torch.zeros(1, device=codes.device))
 
 
 def _topk_torch(
@@ -358,7 +364,7 @@ def _query_codes(query: torch.Tensor, dim: int, normalize: bool, use_triton: boo
     if not normalize:
         return qcodes, qscales
     sumsq = (qcodes.to(torch.int32) ** 2).sum(dim=1, dtype=torch.int32)
-    inv = 1.0 / torch.sqrt(sumsq.clamp_min(1).float())
+    inv = 1.0 / _sqrt_rn(sumsq.clamp_min(1))
     return qcodes, torch.where(sumsq > 0, inv, torch.zeros_like(inv))
 
 

@@ -425,7 +425,16 @@ def _dot_flags(dtype: torch.dtype) -> dict:
     return {"UPCAST_BF16": _triton.upcast_bf16(dtype), "IEEE": dtype == torch.float32}
 
 
+def _contiguous(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    # The kernels index rows by stride(0) with unit column stride, and (P, rows) tables as k·rows + i.
+    # Compiled graphs may hand the op other layouts than eager does, so every call normalises here.
+    return [t.contiguous() for t in tensors]
+
+
 def _lse_fwd_triton(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds, use_qmask):
+    q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids = _contiguous(
+        q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids
+    )
     B, _ = q.shape
     N = c.shape[0]
     num_p = len(bounds) - 1
@@ -447,6 +456,9 @@ def _lse_fwd_triton(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_i
 
 
 def _lse_bwd_triton(grad_lse, lse, q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds, use_qmask):
+    grad_lse, lse, q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids = _contiguous(
+        grad_lse, lse, q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids
+    )
     B, D = q.shape
     N = c.shape[0]
     num_p = len(bounds) - 1
@@ -624,7 +636,8 @@ def _lse_bwd_op(
 
 @_lse_bwd_op.register_fake
 def _(grad_lse, lse, q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds, use_qmask, use_triton):
-    return torch.empty_like(q), torch.empty_like(c), torch.empty_like(rq), torch.empty_like(rc), torch.empty_like(log_scale)
+    # Contiguous, whatever the inputs' layout, as both implementations return.
+    return q.new_empty(q.shape), c.new_empty(c.shape), rq.new_empty(rq.shape), rc.new_empty(rc.shape), log_scale.new_empty(log_scale.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -659,13 +672,13 @@ class SampledSoftmaxLossOutput:
     """What :func:`sampled_softmax_loss` returns with ``return_components=True``.
 
     Attributes:
-        loss: scalar, ``Σ_dim dim_weight · Σ_term components[f"{term}@{dim}"]``; differentiable.
+        total: scalar, ``Σ_dim dim_weight · Σ_term components[f"{term}@{dim}"]``; differentiable.
         components: per logit matrix (``term`` in ``in_batch | random | mixed_concat``) and prefix
             ``dim``, the (weighted) mean cross-entropy before the dim weight; differentiable.
         dims: the prefix dims used, ascending; ``dim_weights`` their weights.
     """
 
-    loss: torch.Tensor
+    total: torch.Tensor
     components: dict[str, torch.Tensor] = field(default_factory=dict)
     dims: list[int] = field(default_factory=list)
     dim_weights: list[float] = field(default_factory=list)
@@ -773,7 +786,8 @@ def sampled_softmax_loss(
 
     Args:
         query, pos: (B, D) float16/bfloat16/float32/float64; row i is a (query, positive) pair.
-        neg: (R, D) random negatives; needed by ``random``, ``mixed_sum`` and ``mixed_concat``.
+        neg: (R, D) random negatives for ``random``, ``mixed_sum`` and ``mixed_concat``; None means
+            R = 0 (the random softmax then holds only the positive and contributes 0).
         log_scale: scalar tensor ``t``; logits are scaled by ``exp(t)``. Gets a gradient.
         query_ids, pos_ids: (B,) int64. neg_ids: (R,) int64, needed with ``neg``.
         weights: optional (B,) per-row weights; the loss is ``Σ w_i ℓ_i / max(Σ|w|, 1e-12)``.
@@ -805,8 +819,8 @@ def sampled_softmax_loss(
     _check_vector("pos_ids", pos_ids, B, query, ids=True)
     uses_random = neg_mode != "in_batch"
     uses_in_batch = neg_mode != "random"
-    if uses_random and neg is None:
-        raise ValueError(f"neg is required for neg_mode={neg_mode!r}, got None")
+    if neg is None and neg_ids is not None:
+        raise ValueError("neg_ids needs neg, got neg=None")
     if neg is not None:
         _check_embeddings("neg", neg, query)
         if neg_ids is None:
@@ -833,6 +847,10 @@ def sampled_softmax_loss(
             if rows is None:
                 raise ValueError(f"{name} needs neg, got neg=None")
             _check_vector(name, logq, rows, query, ids=False)
+    if uses_random and neg is None:
+        # No random negatives: the random softmax has only the positive column (its loss is 0).
+        neg = query.new_empty((0, D))
+        neg_ids = query_ids.new_empty((0,))
     if not isinstance(log_scale, torch.Tensor) or log_scale.numel() != 1 or log_scale.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"log_scale must be a floating tensor with one element, got {log_scale!r}")
     if log_scale.device != query.device:
@@ -847,10 +865,14 @@ def sampled_softmax_loss(
 
     norms_q, inv_q = _inverse_prefix_norms(query, dims, compute)
     norms_p, inv_p = _inverse_prefix_norms(pos, dims, compute)
-    # Positive logits (P, B): prefix dot products are cumulative sums of per-segment dot products.
+    # Positive logits (P, B), one prefix sum each: O(B·Σd_k), negligible beside the candidates.
     products = query.to(compute) * pos.to(compute)
-    raw_pos = torch.cumsum(torch.stack([products[:, lo:hi].sum(-1) for lo, hi in zip(bounds[:-1], bounds[1:])]), 0)
-    l_pos = log_scale.to(compute).exp() * raw_pos * inv_q * inv_p
+    raw_pos = torch.stack([products[:, :d].sum(-1) for d in dims])
+    # The positive logits take their own copy of the query's inverse norms: when one tensor fed both
+    # this product and the lse op, torch 2.13's inductor CPU backend returned a wrong query
+    # gradient for two or more prefixes (aot_eager was right); see test_torch_compile_fullgraph.
+    _, inv_q_pos = _inverse_prefix_norms(query, dims, compute)
+    l_pos = log_scale.to(compute).exp() * raw_pos * inv_q_pos * inv_p
     if pos_logq is not None:
         l_pos = l_pos - pos_logq.to(compute)[None, :]
     guard = norms_q.sum() + norms_p.sum()
@@ -893,5 +915,5 @@ def sampled_softmax_loss(
             components[f"{term}@{dim}"] = per_dim[k]
             total = total + dim_weight * per_dim[k]
     if return_components:
-        return SampledSoftmaxLossOutput(loss=total, components=components, dims=dims, dim_weights=dim_weights)
+        return SampledSoftmaxLossOutput(total=total, components=components, dims=dims, dim_weights=dim_weights)
     return total

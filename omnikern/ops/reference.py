@@ -58,6 +58,8 @@ def sampled_softmax_loss_ref(
     Computed in float32 (float64 for float64 inputs).
     """
     compute = torch.float64 if query.dtype == torch.float64 else torch.float32
+    if neg is None:  # no random negatives: the random softmax holds only the positive column
+        neg, neg_ids = query.new_empty((0, query.shape[1])), query_ids.new_empty((0,))
     if candidates is None:
         candidates, candidate_ids, candidate_query_ids = pos, pos_ids, query_ids
     if dims is None:
@@ -75,7 +77,7 @@ def sampled_softmax_loss_ref(
     # Masks: a negative sharing the row's positive id; in-batch also a negative of the same query.
     inb_mask = candidate_ids[None, :] == pos_ids[:, None]
     inb_mask = inb_mask | (candidate_query_ids[None, :] == query_ids[:, None])
-    rnd_mask = neg_ids[None, :] == pos_ids[:, None] if neg is not None else None
+    rnd_mask = neg_ids[None, :] == pos_ids[:, None]
 
     total = torch.zeros((), dtype=compute, device=query.device)
     components: dict[str, torch.Tensor] = {}
@@ -87,10 +89,9 @@ def sampled_softmax_loss_ref(
         l_inb = scale * q @ c.T - corrected(candidate_logq, c.shape[0])[None, :]
         l_inb = l_inb.masked_fill(inb_mask, lowest)
         matrices: dict[str, torch.Tensor] = {}
-        if neg is not None:
-            n = F.normalize(neg[:, :dim].to(compute), dim=-1)
-            l_rnd = scale * q @ n.T - corrected(neg_logq, n.shape[0])[None, :]
-            l_rnd = l_rnd.masked_fill(rnd_mask, lowest)
+        n = F.normalize(neg[:, :dim].to(compute), dim=-1)
+        l_rnd = scale * q @ n.T - corrected(neg_logq, n.shape[0])[None, :]
+        l_rnd = l_rnd.masked_fill(rnd_mask, lowest)
         if neg_mode in ("in_batch", "mixed_sum"):
             matrices["in_batch"] = torch.cat([l_pos, l_inb], dim=1)
         if neg_mode in ("random", "mixed_sum"):
