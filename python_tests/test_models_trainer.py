@@ -385,3 +385,14 @@ def test_lamb_trains_and_checkpoints(workdir, data, tmp_path):
 def test_unknown_optimizer_is_named(workdir, data, tmp_path):
     with pytest.raises(ValueError, match="optim.optimizer"):
         Trainer(tiny_config(workdir, 'optim.optimizer="sgd9"'), tmp_path / "run", data=data)
+
+
+def test_ngram_featuriser_feeds_the_item_tower(workdir, tmp_path):
+    config = tiny_config(workdir, 'model.featuriser="ngram"', "model.ngram_caps=[500, 500, 500]", "train.steps=1")
+    data = build_data(config)
+    assert data.featuriser_name == "ngram" and data.vocab_size > 3
+    assert data.features.gather([0, 1])["title_input_ids"].numel() > 0
+    trainer = Trainer(config, tmp_path / "run", data=data)
+    assert trainer.model.tower(("item", "learned")).bag.vocab_size == data.vocab_size
+    trainer.train()
+    assert trainer.step_count == 1

@@ -219,9 +219,8 @@ def _catalogue_key(recipes) -> str:
 
 
 class ContainerLoss(nn.Module):
-    """Adapts :class:`~omnikern.models.loss.SampledSoftmaxLoss` to the container's loss interface
-    (a result with ``.total``), with one loss module per candidate key, and switches id masking off
-    when asked.
+    """Routes the container's loss calls to one :class:`~omnikern.models.loss.SampledSoftmaxLoss`
+    per candidate key, and switches id masking off when asked.
 
     The container calls the loss once per candidate key in one forward. Each key gets its own
     :class:`SampledSoftmaxLoss` (own temperature and sketches, so each key's logQ totals are its
@@ -255,9 +254,7 @@ class ContainerLoss(nn.Module):
             loss = self.query
         else:
             loss = self.learned if pos.shape[1] == self.learned_dim else self.fixed
-        result = loss(query, pos, neg, query_ids=query_ids, pos_ids=pos_ids, neg_ids=neg_ids, weights=weights)
-        result.total = result.loss  # the container reads .total
-        return result
+        return loss(query, pos, neg, query_ids=query_ids, pos_ids=pos_ids, neg_ids=neg_ids, weights=weights)
 
 
 def build_model(config: Config, data: RecipeData) -> nn.Module:
