@@ -242,6 +242,9 @@ def test_wrong_checkpoints_raise_clear_errors(workdir, data, tmp_path):
     save_checkpoint(tmp_path / "mixed", 0, trainer.config, wider.model)
     with pytest.raises(ValueError, match="does not fit this model"):
         load_trained(tmp_path / "mixed", data=data)
+    save_checkpoint(tmp_path / "no_optimizer", 0, trainer.config, trainer.model)
+    with pytest.raises(ValueError, match="no optimizer state"):
+        Trainer(trainer.config, tmp_path / "y", data=data, resume=tmp_path / "no_optimizer")
     with pytest.raises(ValueError, match="legacy_dim"):
         Trainer(tiny_config(workdir, "data.legacy_dim=32"), tmp_path / "x", data=data)
 

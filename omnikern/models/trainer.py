@@ -320,7 +320,7 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
         if not p.requires_grad:
             continue
         is_encoder = ".encoder." in f".{name}"
-        no_decay = p.dim() < 2 or "LayerNorm" in name or "norm" in name.split(".")[-2:][0].lower()
+        no_decay = p.dim() < 2  # biases, LayerNorm gains, the temperature
         groups.setdefault((is_encoder, no_decay), []).append(p)
     param_groups = [
         {"params": params, "lr": o.encoder_lr if enc else o.lr, "weight_decay": 0.0 if nd else o.weight_decay}
@@ -384,7 +384,9 @@ def _atomic_json(path: Path, value: Any) -> None:
         raise
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Splits the optimiser state into tensors (``"<param index>.<key>"``, for safetensors) and a
+    JSON part (param groups, non-tensor state such as LAMB's integer step)."""
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
     for index, values in state["state"].items():
@@ -393,8 +395,7 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
                 tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars[f"{index}.{key}"] = value
-    groups = [{k: v for k, v in g.items()} for g in state["param_groups"]]
-    return tensors, [{"groups": groups, "scalars": scalars}]
+    return tensors, {"groups": state["param_groups"], "scalars": scalars}
 
 
 def save_checkpoint(run_dir: str | Path, step: int, config: Config, model: nn.Module,
@@ -406,17 +407,17 @@ def save_checkpoint(run_dir: str | Path, step: int, config: Config, model: nn.Mo
 
     run_dir = Path(run_dir)
     model_tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    opt_tensors, opt_meta = _optimizer_tensors(optimizer) if optimizer is not None else ({}, [None])
+    opt_tensors, opt_meta = _optimizer_tensors(optimizer) if optimizer is not None else ({}, None)
     rng = dict(rng or {})
     rng_tensors = {k: v for k, v in rng.items() if isinstance(v, torch.Tensor)}
     rng_json = {k: v for k, v in rng.items() if not isinstance(v, torch.Tensor)}
     meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": step, "config": config.to_dict(),
-            "optimizer": opt_meta[0], "rng": rng_json, "extra": extra or {},
+            "optimizer": opt_meta, "rng": rng_json, "extra": extra or {},
             "torch": torch.__version__}
 
     def write(tmp: Path) -> None:
         save_file(model_tensors, str(tmp / "model.safetensors"))
-        if opt_tensors or optimizer is not None:
+        if optimizer is not None:
             save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
         # config.json last: a directory with config.json is complete (and the rename makes it visible).
@@ -484,10 +485,18 @@ def load_model_state(model: nn.Module, path: Path) -> None:
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path, meta: dict[str, Any]) -> None:
+    """Restores the optimiser state written by :func:`save_checkpoint`.
+
+    Raises:
+        ValueError: the checkpoint holds no optimiser state (it cannot be resumed, only evaluated),
+            or the state does not fit this optimiser.
+    """
     from safetensors.torch import load_file
 
+    saved = meta.get("optimizer")
+    if not saved or not (path / "optimizer.safetensors").is_file():
+        raise ValueError(f"checkpoint {str(path)!r} holds no optimizer state: it can be evaluated, not resumed")
     tensors = load_file(str(path / "optimizer.safetensors"))
-    saved = meta["optimizer"]
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         index, key = name.split(".", 1)
@@ -495,7 +504,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path, meta: dic
     for name, value in saved["scalars"].items():
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": saved["groups"]})
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": saved["groups"]})
+    except (ValueError, KeyError) as error:
+        raise ValueError(f"checkpoint {str(path)!r}: optimizer state does not fit ({error})") from None
 
 
 # ---------------------------------------------------------------------------------------------
