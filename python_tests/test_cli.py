@@ -18,7 +18,7 @@ def test_help_lists_subcommands():
         assert name in out
 
 
-@pytest.mark.parametrize("name", ["train", "eval", "export-triton", "serve", "query"])
+@pytest.mark.parametrize("name", ["train", "eval"])
 def test_unbuilt_subcommands_say_so(name, capsys):
     assert main([name]) == 2
     assert "not built yet" in capsys.readouterr().err

