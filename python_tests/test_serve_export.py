@@ -240,24 +240,30 @@ def test_tokenizer_execute_answers_each_request(model, monkeypatch):
     one its own tokens cut to its own longest row."""
     module, pb = _load_model_py(model["repo"] / C.TOKENIZER / "1" / "model.py", monkeypatch)
     instance = module.TritonPythonModel()
-    config = json.dumps({"parameters": {"max_text_bytes": {"string_value": "32"}}})
+    config = json.dumps({"parameters": {"max_text_bytes": {"string_value": "32"}, "pad_to": {"string_value": "9"}}})
     instance.initialize({"model_config": config})
 
     def request(rows):
         return {C.TEXT: pb.Tensor(C.TEXT, np.array(rows, dtype=object).reshape(-1, 1))}
 
     requests = [request([b"tomato soup"]), request([b"x" * 33]), request([b"\xff\xfe"]), {},
-                request([b"a b c d e f", "crème".encode()]), {C.TEXT: pb.Tensor(C.TEXT, np.empty((0, 1), object))}]
+                request([b"a b c d e f", "crème".encode()]), {C.TEXT: pb.Tensor(C.TEXT, np.empty((0, 1), object))},
+                request([b"a b c d e f g h"])]  # 10 tokens with [CLS] [SEP]: over pad_to
     responses = instance.execute(requests)
     assert len(responses) == len(requests)
-    for i, match in ((1, "33 bytes, the limit is 32 bytes"), (2, "UTF-8"), (3, "missing"), (5, "empty")):
+    for i, match in ((1, "33 bytes, the limit is 32 bytes"), (2, "UTF-8"), (3, "missing"), (5, "empty"),
+                     (6, "10 tokens, the limit is 9")):
         assert responses[i].error.code == pb.TritonError.INVALID_ARG and match in responses[i].error.message, i
     tokenizer = model["tower"].tokenizer
     for i, rows in ((0, ["tomato soup"]), (4, ["a b c d e f", "crème"])):
         out = {t.name: t.array for t in responses[i].output_tensors}
         expected = tokenizer.encode_batch(rows)
-        np.testing.assert_array_equal(out[C.INPUT_IDS], expected["input_ids"])
-        np.testing.assert_array_equal(out[C.ATTENTION_MASK], expected["attention_mask"])
+        width = expected["input_ids"].shape[1]
+        # every response is padded to pad_to columns, so that the dynamic batcher can merge requests
+        assert out[C.INPUT_IDS].shape == out[C.ATTENTION_MASK].shape == (len(rows), 9)
+        np.testing.assert_array_equal(out[C.INPUT_IDS][:, :width], expected["input_ids"])
+        np.testing.assert_array_equal(out[C.ATTENTION_MASK][:, :width], expected["attention_mask"])
+        assert (out[C.INPUT_IDS][:, width:] == tokenizer.pad_id).all() and (out[C.ATTENTION_MASK][:, width:] == 0).all()
 
 
 def test_scorer_execute_per_request_k(model, monkeypatch):

@@ -12,7 +12,8 @@ tensor             type       dims        meaning
 =================  =========  ==========  =====================================================
 ``text``           BYTES      [1]         one UTF-8 query per row, at most MAX_TEXT_BYTES bytes
 ``k``              INT32      [1]         optional: results per row, 1..max_k, same on every row
-``input_ids``      INT64      [-1]        WordPiece ids (B, T), padded with the [PAD] id
+``input_ids``      INT64      [-1]        WordPiece ids (B, T), padded with the [PAD] id (the
+                                          tokenizer pads every row to T = its max length)
 ``attention_mask`` INT64      [-1]        1 for tokens, 0 for padding (B, T)
 ``embedding``      FP32       [D]         L2-normalised query embedding (B, D)
 ``scores``         FP32       [-1]        (B, k) best first; ``-inf`` where the index has < k rows
@@ -159,16 +160,28 @@ def check_k(k: np.ndarray | None, rows: int, default: int, max_k: int = MAX_K) -
     return value
 
 
+def trim_tokens(input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drops the trailing columns where every row is padding (mask 0): (B, T) -> (B, T'), T' the
+    longest row (at least 1 column)."""
+    used = np.flatnonzero(attention_mask.any(axis=0))
+    width = int(used[-1]) + 1 if used.size else 1
+    return input_ids[:, :width], attention_mask[:, :width]
+
+
 def split_rows(batch: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
     """Splits the rows of ``batch`` into consecutive parts of ``counts`` rows (sum == len(batch))."""
     assert sum(counts) == batch.shape[0], (counts, batch.shape)
     return np.split(batch, np.cumsum(counts)[:-1]) if counts else []
 
 
-def pad_tokens(parts: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stacks (ids, mask) pairs of different widths into one (sum B, max T) pair, padded with
-    ``pad_id`` / 0 on the right (masked tokens change nothing downstream)."""
-    width = max(ids.shape[1] for ids, _ in parts)
+def pad_tokens(parts: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int,
+               width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stacks (ids, mask) pairs of different widths into one (sum B, width) pair, padded with
+    ``pad_id`` / 0 on the right (masked tokens change nothing downstream); ``width`` defaults to
+    the widest part and must be at least that."""
+    widest = max(ids.shape[1] for ids, _ in parts)
+    width = widest if width is None else width
+    assert width >= widest, (width, widest)
     rows = sum(ids.shape[0] for ids, _ in parts)
     out_ids = np.full((rows, width), pad_id, dtype=np.int64)
     out_mask = np.zeros((rows, width), dtype=np.int64)

@@ -32,6 +32,9 @@ class TritonPythonModel:
             self.device = torch.device("cuda", int(args["model_instance_device_id"]))
         else:
             self.device = torch.device("cpu")
+        threads = int(params.get("torch_threads", "0"))
+        if threads > 0 and self.device.type == "cpu":
+            torch.set_num_threads(threads)
         self.k_default = int(params["k_default"])
         self.max_k = int(params.get("max_k", C.MAX_K))
         self.rerank = int(params.get("rerank", "0"))
