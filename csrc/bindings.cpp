@@ -5,6 +5,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -14,6 +16,7 @@
 #include "tokenize/wordpiece.h"
 #include "unicode/unicode.h"
 #include "pooling/pooling.h"
+#include "scoring/int8_topk.h"
 
 namespace py = pybind11;
 
@@ -198,6 +201,92 @@ py::array_t<float> pool_arrays(const py::array& token_embeddings, const py::arra
 
 }  // namespace
 // ---- end pooling ----
+// ---- int8 scoring: helpers ----
+namespace {
+
+using Int8Array = py::array_t<int8_t, py::array::c_style>;
+using FloatArray = py::array_t<float, py::array::c_style>;
+using Int64Array = py::array_t<int64_t, py::array::c_style>;
+
+void require_ndim(const py::array& a, py::ssize_t ndim, const char* name) {
+  if (a.ndim() != ndim)
+    throw std::invalid_argument(std::string(name) + " must have " + std::to_string(ndim) + " dimension(s), got " +
+                                std::to_string(a.ndim()));
+}
+
+// queries: float32 (Q, >= dim); quantised here (GIL released) so that no torch op runs per call.
+py::tuple int8_topk_py(const FloatArray& queries, const Int8Array& codes, const std::optional<FloatArray>& scales,
+                       int64_t dim, const std::optional<Int64Array>& exclude, int64_t k, int num_threads,
+                       const std::string& isa_name) {
+  require_ndim(queries, 2, "query");
+  require_ndim(codes, 2, "codes");
+  const int64_t Q = queries.shape(0);
+  if (dim <= 0 || dim > queries.shape(1) || dim > codes.shape(1))
+    throw std::invalid_argument("dim must be in [1, " + std::to_string(codes.shape(1)) + "], got " + std::to_string(dim));
+  if (k <= 0) throw std::invalid_argument("k must be > 0, got " + std::to_string(k));
+  omnikern::Int8TopkInput in;
+  in.num_queries = Q;
+  in.query_stride = dim;
+  in.codes = codes.data();
+  in.num_rows = codes.shape(0);
+  in.row_stride = codes.shape(1);
+  in.dim = dim;
+  in.k = k;
+  if (scales) {
+    require_ndim(*scales, 1, "scales");
+    if (scales->shape(0) != in.num_rows) throw std::invalid_argument("scales must have one entry per row");
+    in.row_factors = scales->data();
+  } else {
+    in.normalize_rows = true;  // prefix cosine: row factor 1 / ‖codes[i, :dim]‖
+  }
+  if (exclude) {
+    require_ndim(*exclude, 1, "exclude");
+    if (exclude->shape(0) != Q) throw std::invalid_argument("exclude must have one entry per query");
+    in.exclude = exclude->data();
+  }
+  const omnikern::Int8Isa isa = omnikern::parse_int8_isa(isa_name);
+  FloatArray out_scores({Q, k});
+  Int64Array out_indices({Q, k});
+  float* scores_ptr = out_scores.mutable_data();
+  int64_t* indices_ptr = out_indices.mutable_data();
+  const float* query_ptr = queries.data();
+  const int64_t query_stride = queries.shape(1);
+  {
+    py::gil_scoped_release release;
+    std::vector<int8_t> qcodes(static_cast<size_t>(Q * dim));
+    std::vector<float> qfactors(static_cast<size_t>(Q));
+    omnikern::quantize_int8_rows(query_ptr, Q, query_stride, dim, qcodes.data(), qfactors.data());
+    if (in.normalize_rows) {
+      // 1 / ‖qc‖ with correctly rounded float ops, as the torch and Triton paths compute it.
+      for (int64_t q = 0; q < Q; ++q) {
+        int32_t ss = 0;
+        for (int64_t d = 0; d < dim; ++d) ss += qcodes[q * dim + d] * qcodes[q * dim + d];
+        qfactors[q] = ss > 0 ? 1.0f / std::sqrt(static_cast<float>(ss)) : 0.0f;
+      }
+    }
+    in.queries = qcodes.data();
+    in.query_factors = qfactors.data();
+    omnikern::int8_topk(in, scores_ptr, indices_ptr, num_threads, isa);
+  }
+  return py::make_tuple(out_scores, out_indices);
+}
+
+py::tuple quantize_int8_py(const FloatArray& x) {
+  require_ndim(x, 2, "x");
+  const int64_t n = x.shape(0), d = x.shape(1);
+  Int8Array codes({n, d});
+  FloatArray scales(n);
+  int8_t* codes_ptr = codes.mutable_data();
+  float* scales_ptr = scales.mutable_data();
+  {
+    py::gil_scoped_release release;
+    omnikern::quantize_int8_rows(x.data(), n, d, d, codes_ptr, scales_ptr);
+  }
+  return py::make_tuple(codes, scales);
+}
+
+}  // namespace
+// ---- end int8 scoring: helpers ----
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "omnikern C++ extension: text processing, hashing and CPU scoring on plain buffers";
@@ -319,4 +408,20 @@ PYBIND11_MODULE(_C, m) {
         "attention_mask (B, L) int64/int32/bool/uint8 (nonzero = attend); modes from 'cls', 'mean', "
         "'mean_sqrt', 'max', concatenated in order. Releases the GIL; identical for any num_threads.");
   // ---- end pooling ----
+
+  // ---- int8 scoring ----
+  m.def("int8_topk", &int8_topk_py, py::arg("queries"), py::arg("codes"), py::arg("scales"), py::arg("dim"),
+        py::arg("exclude"), py::arg("k"), py::arg("num_threads") = 0, py::arg("isa") = "auto",
+        "Top-k rows of int8 `codes` (N, D) per float32 query (Q, >= dim), searching columns [0, dim). "
+        "The queries' prefixes are quantised like omnikern.quantize_int8. Score: float(dot) * q_scale * "
+        "scales[i] (scales given), or the prefix cosine float(dot) * (1/|qc|) * (1/|c_i|) (scales None). "
+        "Returns (scores float32 (Q, k), indices int64 (Q, k)): higher score first, ties lower index "
+        "first, padding -inf / -1. exclude: int64 (Q,) row to skip per query (< 0: none) or None. "
+        "Results do not depend on num_threads (0 = all cores) or isa ('auto', 'avx512vnni', 'avx2', 'scalar'). "
+        "The GIL is released during the work.");
+  m.def("quantize_int8", &quantize_int8_py, py::arg("x"),
+        "(codes int8 (N, D), scales float32 (N,)) of float32 x (N, D), bit-identical to "
+        "omnikern.quantize_int8.");
+  m.def("int8_best_isa", &omnikern::int8_best_isa, "The instruction set int8_topk uses with isa='auto'.");
+  // ---- end int8 scoring ----
 }

@@ -63,3 +63,17 @@ def pool(
     modes: Sequence[str],
     num_threads: int = 0,
 ) -> npt.NDArray[np.float32]: ...
+
+# ---- int8 scoring ----
+def int8_topk(
+    queries: npt.NDArray[np.float32],
+    codes: npt.NDArray[np.int8],
+    scales: npt.NDArray[np.float32] | None,
+    dim: int,
+    exclude: npt.NDArray[np.int64] | None,
+    k: int,
+    num_threads: int = 0,
+    isa: str = "auto",
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
+def quantize_int8(x: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float32]]: ...
+def int8_best_isa() -> str: ...
