@@ -8,9 +8,6 @@ Tolerances: the server runs the same fp32 weights on the same CPU, but its dynam
 token rows to other widths than the in-process call does, which changes float rounding only:
 embeddings agree to 1e-5 (absolute), scores to 1e-4, and ids exactly (adjacent expected scores
 are > 1e-5 apart: the test checks that gap, so no near-tie can flip).
-
-Until ``omnikern.Int8Index`` lands on this branch, the scorer loads a stand-in with the same API
-(below), written next to the scorer's model.py (the python backend puts that directory on sys.path).
 """
 
 from __future__ import annotations
@@ -27,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 
+from omnikern import Int8Index
 from omnikern.serve import Client, TritonServer, export_triton, load_query_tower, save_query_tower
 from omnikern.serve import contract as C
 from omnikern.serve.server import group_processes
@@ -42,71 +40,11 @@ MAX_BATCH = 8
 INDEX_ROWS = 300
 EMB_ATOL, SCORE_ATOL = 1e-5, 1e-4
 
-INT8_STANDIN = '''"""Stand-in for omnikern.Int8Index (same API) used by the tests until the int8 index lands."""
-import torch
-from safetensors.torch import load_file, save_file
-
-
-class Int8Index:
-    def __init__(self, dim, keep_float=False, *, device="cpu"):
-        self.dim, self.device = dim, torch.device(device)
-        self.codes = torch.empty(0, dim, dtype=torch.int8)
-        self.scales = torch.empty(0)
-        self.ids = torch.empty(0, dtype=torch.int64)
-
-    def __len__(self):
-        return self.ids.numel()
-
-    def add(self, vectors, ids):
-        v = torch.as_tensor(vectors).float()
-        scale = v.abs().amax(1).clamp_min(1e-12) / 127.0  # symmetric per-row int8
-        codes = torch.round(v / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        self.codes, self.scales = torch.cat([self.codes, codes]), torch.cat([self.scales, scale])
-        self.ids = torch.cat([self.ids, torch.as_tensor(ids)])
-
-    def search(self, queries, k, dim=None, rerank=0):
-        q = torch.as_tensor(queries).float().cpu()
-        scores = (q @ self.codes.float().T) * self.scales
-        kk = min(k, scores.shape[1])
-        values, pos = torch.topk(scores, kk, dim=1)
-        ids = self.ids[pos]
-        if kk < k:  # missing slots: score -inf, id -1
-            values = torch.cat([values, torch.full((q.shape[0], k - kk), float("-inf"))], 1)
-            ids = torch.cat([ids, torch.full((q.shape[0], k - kk), -1, dtype=torch.int64)], 1)
-        return values, ids
-
-    def save(self, path):
-        save_file({"codes": self.codes, "scales": self.scales, "ids": self.ids}, str(path),
-                  metadata={"dim": str(self.dim)})
-
-    @classmethod
-    def load(cls, path, *, device="cpu"):
-        t = load_file(str(path))
-        index = cls(t["codes"].shape[1], device=device)
-        index.codes, index.scales, index.ids = t["codes"], t["scales"], t["ids"]
-        return index
-'''
-
 TEXTS = [
     "tomato soup", "chocolate chip cookies", "crème brûlée", "日本のラーメン", "Ωmega 🍕 pizza", "",
     "   ", "a " * 40, "Pad Thai with tofu", "grandma's apple pie", "vegan chili", "BBQ ribs!!!",
     "salade niçoise", "Käsespätzle", "borscht", "pão de queijo", "gazpacho", "fish & chips", "scones",
 ]  # 19 rows: more than two max-size batches; non-ASCII, empty and whitespace-only rows
-
-
-def _index_class(tmp: Path):
-    """(class, "module:Class" for the exporter, source file to put next to the scorer or None)."""
-    try:
-        from omnikern import Int8Index  # lands with the int8 index
-
-        return Int8Index, "omnikern:Int8Index", None
-    except ImportError:
-        path = tmp / "omnikern_int8_standin.py"
-        path.write_text(INT8_STANDIN)
-        spec = importlib.util.spec_from_file_location("omnikern_int8_standin", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.Int8Index, "omnikern_int8_standin:Int8Index", path
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +56,11 @@ def model(tmp_path_factory):
     tokenizer = WordPieceTokenizer.from_tokenizer_json(minilm_path() / "tokenizer.json")
     torch.manual_seed(0)
     tower = QueryTower.from_pretrained(tokenizer=tokenizer).eval()
-    index_class, index_name, standin = _index_class(tmp)
-    index = index_class(tower.output_dim)
+    index = Int8Index(tower.output_dim)
     vectors = torch.nn.functional.normalize(torch.randn(INDEX_ROWS, tower.output_dim, generator=torch.Generator().manual_seed(1)), dim=1)
     index.add(vectors, torch.arange(INDEX_ROWS, dtype=torch.int64) * 1000 + 7)
     index.save(tmp / "index.safetensors")
-    repo = export_triton(tower, tmp / "index.safetensors", tmp / "repo", max_batch_size=MAX_BATCH, index_class=index_name)
-    if standin is not None:
-        (repo / C.SCORER / "1" / standin.name).write_text(standin.read_text())
+    repo = export_triton(tower, tmp / "index.safetensors", tmp / "repo", max_batch_size=MAX_BATCH)
     return {"tower": tower, "index": index, "repo": repo, "tmp": tmp}
 
 
@@ -207,7 +142,7 @@ def test_export_rejects_bad_options(model, tmp_path, kwargs, match):
 
 
 def test_export_rejects_dim_mismatch_and_non_empty_out_dir(model, tmp_path):
-    index = type(model["index"])(16)
+    index = Int8Index(16)
     index.add(torch.randn(4, 16), torch.arange(4, dtype=torch.int64))
     index.save(tmp_path / "small.safetensors")
     with pytest.raises(ValueError, match="dim 16"):
@@ -268,16 +203,9 @@ def test_tokenizer_execute_answers_each_request(model, monkeypatch):
 
 def test_scorer_execute_per_request_k(model, monkeypatch):
     module, pb = _load_model_py(model["repo"] / C.SCORER / "1" / "model.py", monkeypatch)
-    sys.path.insert(0, str(model["repo"] / C.SCORER / "1"))  # where the server finds a stand-in index
-    try:
-        instance = module.TritonPythonModel()
-        config = (model["repo"] / C.SCORER / "config.pbtxt").read_text()
-        index_class = config.split('key: "index_class" value: { string_value: "')[1].split('"')[0]
-        params = {"k_default": {"string_value": "10"}, "max_k": {"string_value": "50"},
-                  "index_class": {"string_value": index_class}}
-        instance.initialize({"model_config": json.dumps({"parameters": params})})
-    finally:
-        sys.path.remove(str(model["repo"] / C.SCORER / "1"))
+    instance = module.TritonPythonModel()
+    params = {"k_default": {"string_value": "10"}, "max_k": {"string_value": "50"}}
+    instance.initialize({"model_config": json.dumps({"parameters": params})})
     rng = np.random.default_rng(3)
     q = rng.standard_normal((5, 512)).astype(np.float32)
 
