@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import sys
 import threading
 import time
@@ -124,6 +123,16 @@ def test_checkpoint_round_trip_and_export_from_it(model, tmp_path):
     assert tower.tokenizer.encode("crème brûlée") == model["tower"].tokenizer.encode("crème brûlée")
     out = export_triton(checkpoint, model["tmp"] / "index.safetensors", tmp_path / "repo", index_class="x:Y")
     assert (out / C.QUERY_ENCODER / "1" / C.TOWER_WEIGHTS_FILE).read_bytes() == (checkpoint / C.TOWER_WEIGHTS_FILE).read_bytes()
+
+
+def test_export_for_gpu_puts_encoder_and_scorer_on_the_gpu(model, tmp_path):
+    repo = export_triton(model["tower"], model["tmp"] / "index.safetensors", tmp_path / "repo",
+                         instance_kind="KIND_GPU", instance_count=2, max_batch_size=32)
+    assert "instance_group [ { count: 1 kind: KIND_CPU } ]" in (repo / C.TOKENIZER / "config.pbtxt").read_text()
+    for name in (C.QUERY_ENCODER, C.SCORER):
+        config = (repo / name / "config.pbtxt").read_text()
+        assert "instance_group [ { count: 2 kind: KIND_GPU } ]" in config and "max_batch_size: 32" in config
+    assert "KIND_GPU" in (repo / "README.txt").read_text()
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,8 +58,6 @@ _INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU")
 
 
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    import tempfile
-
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -14,7 +14,6 @@ import os
 # The server runs compiled code only; CPU test runs set the Triton interpreter, which must not leak here.
 os.environ.pop("TRITON_INTERPRET", None)
 
-import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from omnikern.serve import contract as C  # noqa: E402
