@@ -177,7 +177,8 @@ def _ensemble_pbtxt(name: str, inputs: Sequence[TensorSpec], outputs: Sequence[T
     return "\n".join(lines) + "\n"
 
 
-def _readme(max_batch_size: int, instance_kind: str, k_default: int, max_k: int, dim: int, count: int) -> str:
+def _readme(max_batch_size: int, instance_kind: str, k_default: int, max_k: int, dim: int, count: int,
+            pad_to: int, torch_threads: int) -> str:
     import omnikern
 
     try:
@@ -197,6 +198,10 @@ Models
   omnisearch     ensemble: text (+ k) -> scores, ids
   encode         ensemble: text -> embedding
   max batch size {max_batch_size} for every model; dynamic batching on every backend model.
+  Queries are at most {pad_to} tokens (the tokenizer's max length); every row is padded to {pad_to} so that the dynamic
+  batcher can merge requests (it only merges equal shapes); the encoder trims each batch back.
+  Threads per encoder/scorer instance and for the tokenizer: {torch_threads or 'all cores'} (parameter
+  "torch_threads"/"threads" in config.pbtxt).
   Limits: a text row longer than {C.MAX_TEXT_BYTES} bytes, k outside 1..{max_k}, a wrong dtype/shape or
   an empty batch get an INVALID_ARG error for that request only.
 
@@ -345,7 +350,8 @@ def export_triton(
     ):
         (out_dir / name / str(version)).mkdir(parents=True, exist_ok=True)  # ensembles need an (empty) version dir
         write_text_atomic(out_dir / name / "config.pbtxt", _ensemble_pbtxt(name, inputs, outputs, max_batch_size, steps))
-    write_text_atomic(out_dir / "README.txt", _readme(max_batch_size, instance_kind, k_default, max_k, dim, index_count))
+    write_text_atomic(out_dir / "README.txt", _readme(max_batch_size, instance_kind, k_default, max_k, dim, index_count,
+                                                          pad_to, torch_threads))
     return out_dir
 
 
