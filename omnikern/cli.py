@@ -68,8 +68,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    # SIGTERM stops as cleanly as Ctrl-C does.
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    # SIGTERM stops as cleanly as Ctrl-C does; SIGINT gets a handler too, as a process started in
+    # the background of a non-interactive shell inherits SIGINT ignored.
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     server = TritonServer(args.model_repo, startup_timeout_s=args.timeout)
     try:
         server.start()
@@ -91,7 +92,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 0
     finally:
         server.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _recipe_titles() -> dict[int, str]:
@@ -128,8 +130,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
         print(f"query: {text!r}")
         print(f"{'rank':>4}  {'id':>20}  {'score':>8}  title")
         for rank, (item, score) in enumerate(zip(row_ids, row_scores), start=1):
-            if item < 0:
-                break  # the index has fewer than k rows
+            if score == float("-inf"):
+                break  # the index has fewer than k rows (ids may be negative: the score marks a gap)
             print(f"{rank:>4}  {int(item):>20}  {float(score):>8.4f}  {titles.get(int(item), '')}")
     print(f"({len(args.texts)} queries in {elapsed_ms:.1f} ms over {args.protocol})")
     return 0

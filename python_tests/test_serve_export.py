@@ -447,6 +447,15 @@ def test_cli_query_prints_rank_id_score(model, server, protocol, capsys):
     assert "query: 'crème brûlée'" in out
 
 
+def test_cli_query_stops_at_the_gap_marker(server, capsys):
+    """k beyond the index: the -inf rows are not printed (ids may be negative, so the score marks gaps)."""
+    from omnikern.cli import main
+
+    assert main(["query", "soup", "--url", server.url_http, "--k", str(INDEX_ROWS + 5)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == INDEX_ROWS
+
+
 def test_cli_query_reports_an_unreachable_server(capsys):
     import socket
 

@@ -16,8 +16,8 @@ tensor             type       dims        meaning
                                           tokenizer pads every row to T = its max length)
 ``attention_mask`` INT64      [-1]        1 for tokens, 0 for padding (B, T)
 ``embedding``      FP32       [D]         L2-normalised query embedding (B, D)
-``scores``         FP32       [-1]        (B, k) best first; ``-inf`` where the index has < k rows
-``ids``            INT64      [-1]        (B, k) item ids; ``-1`` where the index has < k rows
+``scores``         FP32       [-1]        (B, k) best first; ``-inf`` where the index has < k rows (the gap marker)
+``ids``            INT64      [-1]        (B, k) item ids (may be negative); ``-1`` in the gaps
 =================  =========  ==========  =====================================================
 """
 
