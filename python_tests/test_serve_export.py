@@ -164,6 +164,31 @@ def test_export_rejects_dim_mismatch_and_non_empty_out_dir(model, tmp_path):
         export_triton(model["tower"], tmp_path / "missing.safetensors", tmp_path / "c")
 
 
+def test_contract_helpers():
+    ids = [np.array([[101, 7, 102]]), np.array([[101, 102], [101, 5]])]
+    masks = [np.ones((1, 3), np.int64), np.array([[1, 1], [1, 0]])]
+    padded_ids, padded_mask = C.pad_tokens(list(zip(ids, masks)), pad_id=0, width=5)
+    np.testing.assert_array_equal(padded_ids, [[101, 7, 102, 0, 0], [101, 102, 0, 0, 0], [101, 5, 0, 0, 0]])
+    trimmed_ids, trimmed_mask = C.trim_tokens(padded_ids, padded_mask)
+    assert trimmed_ids.shape == trimmed_mask.shape == (3, 3)
+    assert C.trim_tokens(np.zeros((2, 4), np.int64), np.zeros((2, 4), np.int64))[0].shape == (2, 1)
+    parts = C.split_rows(np.arange(6).reshape(6, 1), [1, 3, 2])
+    assert [p.ravel().tolist() for p in parts] == [[0], [1, 2, 3], [4, 5]]
+    assert C.check_k(None, 3, default=7) == 7
+    assert C.check_k(np.full((2, 1), 4, np.int32), 2, default=7) == 4
+    with pytest.raises(C.RequestError, match=r"shape \(2, 1\)"):
+        C.check_k(np.full((3, 1), 4, np.int32), 2, default=7)
+    assert C.check_texts(np.array([["é".encode()], [""]], dtype=object)) == ["é".encode(), b""]
+    with pytest.raises(C.RequestError, match="must be BYTES"):
+        C.check_texts(np.ones((1, 1), np.float32))
+    with pytest.raises(C.RequestError, match="must have the same shape"):
+        C.check_tokens(np.zeros((1, 2), np.int64), np.zeros((1, 3), np.int64), 10, 8)
+    with pytest.raises(C.RequestError, match="only 0 and 1"):
+        C.check_tokens(np.zeros((1, 2), np.int64), np.full((1, 2), 2, np.int64), 10, 8)
+    with pytest.raises(C.RequestError, match="limit is 8"):
+        C.check_tokens(np.zeros((1, 9), np.int64), np.zeros((1, 9), np.int64), 10, 8)
+
+
 # ---------------------------------------------------------------------------------------------
 # The generated model.py files in-process, with a fake triton_python_backend_utils
 # ---------------------------------------------------------------------------------------------

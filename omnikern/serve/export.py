@@ -71,6 +71,19 @@ def _write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _copy_atomic(source: Path, target: Path) -> None:
+    """Copies ``source`` to ``target`` through a temporary file in the target's directory + rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def save_query_tower(tower, directory: str | os.PathLike) -> Path:
     """Writes ``tower`` (a :class:`~omnikern.models.towers.QueryTower` whose ``tokenizer`` is a
     :class:`~omnikern.text.WordPieceTokenizer`) as a checkpoint directory (module docstring) and
@@ -291,8 +304,7 @@ def export_triton(
         for name in (C.TOWER_CONFIG_FILE, C.TOWER_WEIGHTS_FILE, C.WORDPIECE_FILE):
             if not (checkpoint / name).is_file():
                 raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} has no {name} (see save_query_tower)")
-            encoder_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(checkpoint / name, encoder_dir / name)
+            _copy_atomic(checkpoint / name, encoder_dir / name)
     else:
         save_query_tower(query_tower_or_checkpoint, encoder_dir)
     tower_config = json.loads((encoder_dir / C.TOWER_CONFIG_FILE).read_text(encoding="utf-8"))
@@ -317,9 +329,7 @@ def export_triton(
     def model_py(name: str) -> str:
         return (_MODEL_PY_DIR / f"{name}.py").read_text(encoding="utf-8")
 
-    tokenizer_dir = out_dir / C.TOKENIZER / str(version)
-    tokenizer_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(encoder_dir / C.WORDPIECE_FILE, tokenizer_dir / C.WORDPIECE_FILE)
+    _copy_atomic(encoder_dir / C.WORDPIECE_FILE, out_dir / C.TOKENIZER / str(version) / C.WORDPIECE_FILE)
     write_model(out_dir, ModelConfig(
         name=C.TOKENIZER, inputs=[text], outputs=[ids, mask], max_batch_size=max_batch_size,
         dynamic_batching=batching, instance_kind="KIND_CPU", parameters={"max_text_bytes": str(C.MAX_TEXT_BYTES), "threads": str(torch_threads),
@@ -330,9 +340,7 @@ def export_triton(
         dynamic_batching=batching, instance_kind=instance_kind, instance_count=instance_count,
         parameters={"torch_threads": str(torch_threads)},
     ), model_py(C.QUERY_ENCODER), version=version)
-    scorer_dir = out_dir / C.SCORER / str(version)
-    scorer_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(index_path, scorer_dir / C.INDEX_FILE)
+    _copy_atomic(index_path, out_dir / C.SCORER / str(version) / C.INDEX_FILE)
     write_model(out_dir, ModelConfig(
         name=C.SCORER, inputs=[embedding, k], outputs=[scores_out, ids_out], max_batch_size=max_batch_size,
         dynamic_batching=batching, instance_kind=instance_kind, instance_count=instance_count,
