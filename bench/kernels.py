@@ -21,7 +21,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import harness  # noqa: E402
 
-FAMILIES = ["l2norm", "loss", "sketch", "int8", "text", "pooling"]
+FAMILIES = ["l2norm", "loss", "sketch", "int8", "text", "pooling", "ngram"]
 
 
 def main(argv: list[str] | None = None) -> int:

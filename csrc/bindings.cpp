@@ -17,6 +17,8 @@
 #include "unicode/unicode.h"
 #include "pooling/pooling.h"
 #include "scoring/int8_topk.h"
+#include "ngram/ngram.h"
+#include <cstring>
 
 namespace py = pybind11;
 
@@ -288,6 +290,57 @@ py::tuple quantize_int8_py(const FloatArray& x) {
 }  // namespace
 // ---- end int8 scoring: helpers ----
 
+// ---- ngram (helpers) ----
+namespace {
+
+// Views of the UTF-8 bytes of each item of `texts` (a list the caller keeps alive).
+std::vector<std::string_view> ngram_text_views(const py::list& items, const char* arg_name) {
+  std::vector<std::string_view> views;
+  views.reserve(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    const py::handle item = items[i];
+    if (!PyUnicode_Check(item.ptr()) && !PyBytes_Check(item.ptr()))
+      throw py::type_error(std::string(arg_name) + "[" + std::to_string(i) + "] must be str or bytes, got " +
+                           std::string(py::str(py::type::of(item).attr("__name__"))));
+    views.push_back(utf8_view(item, arg_name));
+  }
+  return views;
+}
+
+py::array_t<int64_t> to_int64_array(const std::vector<int64_t>& values) {
+  py::array_t<int64_t> out(static_cast<py::ssize_t>(values.size()));
+  if (!values.empty()) std::memcpy(out.mutable_data(), values.data(), values.size() * sizeof(int64_t));
+  return out;
+}
+
+// (input_ids (N,), offsets (len(texts),)) int64: the nn.EmbeddingBag input of a flat list of texts.
+py::tuple ngram_featurize_batch(const omnikern::NGramFeaturizer& f, const py::iterable& texts, size_t num_fields,
+                                int num_threads) {
+  const py::list items(texts);
+  const std::vector<std::string_view> views = ngram_text_views(items, "texts");
+  std::vector<int64_t> ids, offsets;
+  {
+    py::gil_scoped_release release;
+    f.featurize_batch(views, num_fields, num_threads, ids, offsets);
+  }
+  return py::make_tuple(to_int64_array(ids), to_int64_array(offsets));
+}
+
+py::tuple ngram_count(const py::iterable& corpus, const std::array<size_t, 3>& caps, int64_t min_count,
+                      int num_threads) {
+  const py::list items(corpus);
+  const std::vector<std::string_view> views = ngram_text_views(items, "corpus");
+  std::array<std::vector<std::pair<std::string, int64_t>>, 3> counts;
+  {
+    py::gil_scoped_release release;
+    counts = omnikern::count_ngrams(views, caps, min_count, num_threads);
+  }
+  return py::make_tuple(py::cast(counts[0]), py::cast(counts[1]), py::cast(counts[2]));
+}
+
+}  // namespace
+// ---- end ngram (helpers) ----
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "omnikern C++ extension: text processing, hashing and CPU scoring on plain buffers";
   m.attr("__version__") = OMNIKERN_VERSION;
@@ -424,4 +477,50 @@ PYBIND11_MODULE(_C, m) {
         "omnikern.quantize_int8.");
   m.def("int8_best_isa", &omnikern::int8_best_isa, "The instruction set int8_topk uses with isa='auto'.");
   // ---- end int8 scoring ----
+
+  // ---- ngram ----
+  m.def(
+      "ngram_normalize", [](const py::object& text) { return omnikern::ngram_normalize(utf8_view(text, "text")); },
+      py::arg("text"), "str: NFKC_Casefold of `text` (str or UTF-8 bytes), Unicode 17.0, as ICU's nfkc_cf.");
+  m.def(
+      "ngram_char_trigrams",
+      [](const py::object& text) { return omnikern::char_trigrams(utf8_view(text, "text")); }, py::arg("text"),
+      "list[str]: the char trigrams of the NFKC_Casefold-ed text, with '#' boundaries, in order.");
+  m.def(
+      "ngram_word_ngrams",
+      [](const py::object& text, size_t n) { return omnikern::word_ngrams(utf8_view(text, "text"), n); },
+      py::arg("text"), py::arg("n"), "list[str]: the word n-grams (n words joined by '#') of the normalised text.");
+  m.def("ngram_count", &ngram_count, py::arg("corpus"), py::arg("caps"), py::arg("min_count"),
+        py::arg("num_threads") = 0,
+        "(trigrams, unigrams, bigrams): lists of (token, count), most frequent first, ties by code point "
+        "order, at most caps[k] each with count >= min_count. Releases the GIL.");
+  py::class_<omnikern::NGramFeaturizer>(m, "NGramFeaturizer",
+                                        "Char-trigram + word uni/bigram ids for nn.EmbeddingBag (see omnikern.text).")
+      .def(py::init([](const std::vector<std::string>& char_trigram_vocab, const std::vector<std::string>& unigram_vocab,
+                       const std::vector<std::string>& bigram_vocab, uint64_t oov_buckets) {
+             return std::make_unique<omnikern::NGramFeaturizer>(
+                 std::array<std::vector<std::string>, 3>{char_trigram_vocab, unigram_vocab, bigram_vocab}, oov_buckets);
+           }),
+           py::arg("char_trigram_vocab"), py::arg("unigram_vocab"), py::arg("bigram_vocab"), py::arg("oov_buckets"))
+      .def("featurize_batch", &ngram_featurize_batch, py::arg("texts"), py::arg("num_fields") = 0,
+           py::arg("num_threads") = 0,
+           "(input_ids, offsets): int64 (N,) and (len(texts),); text i's ids start at offsets[i]. "
+           "num_fields > 0 only names errors as texts[row][field]. Releases the GIL; identical for any num_threads.")
+      .def(
+          "featurize",
+          [](const omnikern::NGramFeaturizer& f, const py::object& text) {
+            const std::string_view bytes = utf8_view(text, "text");
+            std::vector<int64_t> ids;
+            {
+              py::gil_scoped_release release;
+              f.featurize(bytes, ids);
+            }
+            return to_int64_array(ids);
+          },
+          py::arg("text"), "int64 (N,): the ids of one text.")
+      .def("base", &omnikern::NGramFeaturizer::base, py::arg("k"),
+           "int: first id of vocabulary k's range (0 trigrams, 1 unigrams, 2 bigrams; 3 = total).")
+      .def_property_readonly("vocab_size", &omnikern::NGramFeaturizer::vocab_size)
+      .def_property_readonly("oov_buckets", &omnikern::NGramFeaturizer::oov_buckets);
+  // ---- end ngram ----
 }

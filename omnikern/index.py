@@ -19,12 +19,12 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from omnikern._atomic import write_bytes_atomic
 from omnikern.ops.int8 import int8_topk, quantize_int8
 
 _FORMAT = "omnikern.Int8Index"
@@ -264,18 +264,7 @@ class Int8Index:
             "count": str(self._size),
             "sha256": _checksum(tensors),
         }
-        data = save(tensors, metadata=metadata)
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(path, save(tensors, metadata=metadata))
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Int8Index:

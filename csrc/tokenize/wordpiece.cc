@@ -63,9 +63,10 @@ void TokenMap::insert(std::string_view key, int32_t id) {
   max_key_bytes_ = std::max(max_key_bytes_, key.size());
 }
 
-int32_t TokenMap::find(std::string_view key) const {
+uint64_t TokenMap::hash(std::string_view key) { return hash_bytes(key.data(), key.size()); }
+
+int32_t TokenMap::find(std::string_view key, uint64_t h) const {
   if (slots_.empty() || key.size() > max_key_bytes_) return -1;
-  const uint64_t h = hash_bytes(key.data(), key.size());
   const size_t mask = slots_.size() - 1;
   for (size_t i = h & mask;; i = (i + 1) & mask) {
     const Slot& s = slots_[i];

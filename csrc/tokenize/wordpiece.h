@@ -19,7 +19,14 @@ class TokenMap {
   /// Later duplicates overwrite earlier ones (HF builds its vocab the same way).
   void insert(std::string_view key, int32_t id);
   /// The id of `key`, or -1.
-  int32_t find(std::string_view key) const;
+  int32_t find(std::string_view key) const { return find(key, hash(key)); }
+  /// find() with the key's hash() already computed: callers doing many lookups hash them all,
+  /// prefetch() each, then find() each, so the cache misses of a large map overlap.
+  int32_t find(std::string_view key, uint64_t key_hash) const;
+  static uint64_t hash(std::string_view key);
+  void prefetch(uint64_t key_hash) const {
+    if (!slots_.empty()) __builtin_prefetch(&slots_[key_hash & (slots_.size() - 1)]);
+  }
   size_t size() const { return size_; }
   size_t max_key_bytes() const { return max_key_bytes_; }
 

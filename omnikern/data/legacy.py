@@ -22,8 +22,6 @@ once per catalogue and never trained:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from omnikern._atomic import write_bytes_atomic
 from omnikern.data.recipes import Recipe
 from omnikern.ops import l2_normalize
 
@@ -185,21 +184,11 @@ def compute_legacy_vectors(
 
 def save_legacy_vectors(legacy: LegacyVectors, path: str | Path) -> Path:
     """Writes ``legacy`` to ``path`` atomically (temporary file + ``os.replace``) and returns the path."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"vectors": legacy.vectors.contiguous(), "ids": legacy.ids.contiguous(),
                "pca_mean": legacy.mean.contiguous(), "pca_components": legacy.components.contiguous()}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=dict(legacy.metadata))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(path, save(tensors, metadata=dict(legacy.metadata)))
 
 
 def load_legacy_vectors(path: str | Path, dim: int = 256, expected_ids: Sequence[int] | None = None) -> LegacyVectors:
@@ -213,8 +202,7 @@ def load_legacy_vectors(path: str | Path, dim: int = 256, expected_ids: Sequence
         FileNotFoundError: no file at ``path``.
         ValueError: anything above does not hold (the message says what).
     """
-    from safetensors import SafetensorError
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
