@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from omnikern._atomic import write_bytes_atomic
 from omnikern.serve import contract as C
 from omnikern.serve.repository import DynamicBatching, ModelConfig, TensorSpec, write_model, write_text_atomic
 
@@ -55,20 +56,6 @@ _INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU")
 # ---------------------------------------------------------------------------------------------
 # Query-tower checkpoint
 # ---------------------------------------------------------------------------------------------
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
@@ -118,7 +105,7 @@ def save_query_tower(tower, directory: str | os.PathLike) -> Path:
         "max_tokens": int(encoder_config.get("max_position_embeddings", 512)),
     }
     state = {name: t.detach().cpu().contiguous() for name, t in tower.state_dict().items()}
-    _write_bytes_atomic(directory / C.TOWER_WEIGHTS_FILE, save(state, metadata={"format": _TOWER_FORMAT}))
+    write_bytes_atomic(directory / C.TOWER_WEIGHTS_FILE, save(state, metadata={"format": _TOWER_FORMAT}))
     write_text_atomic(directory / C.WORDPIECE_FILE, json.dumps(tower.tokenizer.__getstate__()))
     write_text_atomic(directory / C.TOWER_CONFIG_FILE, json.dumps(config, indent=1, sort_keys=True))
     return directory
