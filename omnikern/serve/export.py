@@ -34,16 +34,20 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from omnikern._atomic import write_bytes_atomic
+from omnikern._atomic import copy_file_atomic, write_bytes_atomic, write_text_atomic
 from omnikern.serve import contract as C
-from omnikern.serve.repository import DynamicBatching, ModelConfig, TensorSpec, write_model, write_text_atomic
+from omnikern.serve.repository import (
+    DynamicBatching,
+    ModelConfig,
+    TensorSpec,
+    write_model,
+)
 
 __all__ = ["build_recipe_index", "export_triton", "load_query_tower", "save_query_tower", "zero_shot_tower"]
 
@@ -56,19 +60,6 @@ _INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU")
 # ---------------------------------------------------------------------------------------------
 # Query-tower checkpoint
 # ---------------------------------------------------------------------------------------------
-
-
-def _copy_atomic(source: Path, target: Path) -> None:
-    """Copies ``source`` to ``target`` through a temporary file in the target's directory + rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_query_tower(tower, directory: str | os.PathLike) -> Path:
@@ -291,7 +282,7 @@ def export_triton(
         for name in (C.TOWER_CONFIG_FILE, C.TOWER_WEIGHTS_FILE, C.WORDPIECE_FILE):
             if not (checkpoint / name).is_file():
                 raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} has no {name} (see save_query_tower)")
-            _copy_atomic(checkpoint / name, encoder_dir / name)
+            copy_file_atomic(checkpoint / name, encoder_dir / name)
     else:
         save_query_tower(query_tower_or_checkpoint, encoder_dir)
     tower_config = json.loads((encoder_dir / C.TOWER_CONFIG_FILE).read_text(encoding="utf-8"))
@@ -316,7 +307,7 @@ def export_triton(
     def model_py(name: str) -> str:
         return (_MODEL_PY_DIR / f"{name}.py").read_text(encoding="utf-8")
 
-    _copy_atomic(encoder_dir / C.WORDPIECE_FILE, out_dir / C.TOKENIZER / str(version) / C.WORDPIECE_FILE)
+    copy_file_atomic(encoder_dir / C.WORDPIECE_FILE, out_dir / C.TOKENIZER / str(version) / C.WORDPIECE_FILE)
     write_model(out_dir, ModelConfig(
         name=C.TOKENIZER, inputs=[text], outputs=[ids, mask], max_batch_size=max_batch_size,
         dynamic_batching=batching, instance_kind="KIND_CPU", parameters={"max_text_bytes": str(C.MAX_TEXT_BYTES), "threads": str(torch_threads),
@@ -327,7 +318,7 @@ def export_triton(
         dynamic_batching=batching, instance_kind=instance_kind, instance_count=instance_count,
         parameters={"torch_threads": str(torch_threads)},
     ), model_py(C.QUERY_ENCODER), version=version)
-    _copy_atomic(index_path, out_dir / C.SCORER / str(version) / C.INDEX_FILE)
+    copy_file_atomic(index_path, out_dir / C.SCORER / str(version) / C.INDEX_FILE)
     write_model(out_dir, ModelConfig(
         name=C.SCORER, inputs=[embedding, k], outputs=[scores_out, ids_out], max_batch_size=max_batch_size,
         dynamic_batching=batching, instance_kind=instance_kind, instance_count=instance_count,
