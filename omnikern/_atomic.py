@@ -7,28 +7,45 @@ and the previous file, if any, is untouched.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Writes ``data`` to ``path`` atomically (creating parent folders) and returns the path."""
+@contextlib.contextmanager
+def _replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path beside ``path`` to fill; renames it over ``path`` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        yield Path(tmp)
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` atomically (creating parent folders) and returns the path."""
+    with _replacing(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Writes ``text`` as UTF-8 to ``path`` atomically and returns the path."""
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def copy_file_atomic(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Copies the file ``source`` to ``target`` atomically (streamed, not read into memory)."""
+    with _replacing(target) as tmp:
+        shutil.copyfile(source, tmp)
+    return Path(target)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 
-from omnikern.cli import main
+from omnikern.cli import _PLANNED, main
 
 SUBCOMMANDS = ["train", "eval", "export-triton", "serve", "query", "demo"]
 
@@ -18,10 +17,10 @@ def test_help_lists_subcommands():
         assert name in out
 
 
-@pytest.mark.parametrize("name", ["export-triton", "serve", "query"])
-def test_unbuilt_subcommands_say_so(name, capsys):
-    assert main([name]) == 2
-    assert "not built yet" in capsys.readouterr().err
+def test_unbuilt_subcommands_say_so(capsys):
+    for name in _PLANNED:  # empty once every subcommand is built
+        assert main([name]) == 2
+        assert "not built yet" in capsys.readouterr().err
 
 
 def test_hash_prints_ids(capsys):

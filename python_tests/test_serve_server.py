@@ -374,6 +374,8 @@ def test_broken_model_fails_fast_with_the_log(tmp_path):
         triton.start()
     assert time.monotonic() - started < 30, "a model that cannot load must not wait for the deadline"
     assert "exited with code" in str(error.value)
+    errors = str(error.value).split("--- errors ---")[1].split("--- tail of")[0]
+    assert "omnikern-test: cannot load weights" in errors, "the failed load comes first, not buried in the tail"
     assert not triton.is_alive()
     _assert_group_gone(triton.last_pid)
     triton.stop()

@@ -4,17 +4,28 @@ Importing this package needs neither ``nvidia-pytriton`` nor ``tritonclient``; s
 needs the first (``pip install 'omnikern[serve]'``), talking to it the second.
 """
 
-from omnikern.serve.repository import DynamicBatching, ModelConfig, TensorSpec, triton_dtype, write_model, write_text_atomic
+from omnikern.serve.client import Client
+from omnikern.serve.export import export_triton, load_query_tower, save_query_tower
+from omnikern.serve.repository import (
+    DynamicBatching,
+    ModelConfig,
+    TensorSpec,
+    triton_dtype,
+    write_model,
+)
 from omnikern.serve.server import TritonServer, TritonServerError, find_triton
 
 __all__: list[str] = [
+    "Client",
     "DynamicBatching",
     "ModelConfig",
     "TensorSpec",
     "TritonServer",
     "TritonServerError",
+    "export_triton",
     "find_triton",
+    "load_query_tower",
+    "save_query_tower",
     "triton_dtype",
     "write_model",
-    "write_text_atomic",
 ]

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DynamicBatching", "ModelConfig", "TensorSpec", "triton_dtype", "write_model", "write_text_atomic"]
+from omnikern._atomic import write_text_atomic
+
+__all__ = ["DynamicBatching", "ModelConfig", "TensorSpec", "triton_dtype", "write_model"]
 
 # numpy dtype -> Triton's data_type (TYPE_STRING carries bytes/str as numpy object arrays).
 _NUMPY_TO_TRITON = {
@@ -164,23 +165,6 @@ def _tensor_pbtxt(tensor: TensorSpec, is_input: bool) -> str:
             raise ValueError(f"output {tensor.name} cannot be optional")
         parts.append("optional: true")
     return "  { " + " ".join(parts) + " }"
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Writes ``text`` (UTF-8) to ``path`` through a temporary file in the same directory + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_model(

@@ -347,7 +347,11 @@ class TritonServer:
 
     def _log_tail(self, log: str) -> str:
         tail = log[-_LOG_TAIL_CHARS:]
-        return f"\n--- tail of {self.log_path} ---\n{tail}"
+        # A failed load is reported early in the log and then buried under the shutdown messages:
+        # its error lines (glog "E" severity) come first.
+        errors = [line[:2000] for line in log.splitlines() if line[:1] == "E" and line[1:5].isdigit()][-8:]
+        head = "\n--- errors ---\n" + "\n".join(errors) if errors else ""
+        return f"{head}\n--- tail of {self.log_path} ---\n{tail}"
 
     def stop(self) -> None:
         """Stops the server and every process in its group: SIGTERM, then SIGKILL after

