@@ -38,7 +38,7 @@ ABLATIONS = {
 
 def cmd_train(args: argparse.Namespace) -> int:
     from omnikern.models.config import apply_overrides
-    from omnikern.models.trainer import Trainer
+    from omnikern.models.trainer import Trainer, export_for_serving
 
     config = config_from_args(args)
     if args.ablation:
@@ -49,8 +49,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         trainer.close()
     if trainer.rank == 0:
+        tower_dir, index_path = export_for_serving(trainer.model, trainer.data, args.out)
         print(f"trained {trainer.step_count} steps, last loss {last.get('loss', float('nan')):.4f}, "
               f"skipped {trainer.bad_steps}; checkpoint in {args.out}")
+        print(f"for serving: omnikern export-triton --checkpoint {tower_dir} --index {index_path} --out <repo>")
     return 0
 
 

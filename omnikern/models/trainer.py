@@ -132,7 +132,7 @@ def build_encoder(config: Config, vocab_size: int) -> nn.Module:
         h = config.model.tiny_hidden
         bert = transformers.BertConfig(vocab_size=vocab_size, hidden_size=h, num_hidden_layers=2,
                                        num_attention_heads=2, intermediate_size=2 * h, max_position_embeddings=128)
-        return transformers.BertModel(bert, add_pooling_layer=False)
+        return transformers.BertModel(bert)  # with the pooler, as HF checkpoints (and the serving loader) have it
     return load_encoder(None if encoder == "minilm" else encoder)
 
 
@@ -748,3 +748,29 @@ def load_trained(path: str | Path, data: RecipeData | None = None, device: str =
     model = build_model(config, data)
     load_model_state(model, ckpt)
     return model.to(device).eval(), config, data
+
+
+def export_for_serving(model: nn.Module, data: RecipeData, directory: str | Path) -> tuple[Path, Path]:
+    """Writes what ``omnikern export-triton`` takes: ``<directory>/query_tower/`` (the query tower
+    as :func:`omnikern.serve.export.save_query_tower` lays it out, with the cached-layer wrapper
+    removed) and ``<directory>/item_index.safetensors`` (an :class:`omnikern.Int8Index` of the
+    learned item tower's embeddings of every recipe, ids = recipe entity ids). Returns both paths.
+    """
+    from omnikern import Int8Index
+    from omnikern.models.recipe_eval import item_embeddings
+    from omnikern.models.towers import QUERY_KEY, QueryTower
+    from omnikern.serve.export import save_query_tower
+
+    directory = Path(directory)
+    tower = model.tower(QUERY_KEY)
+    encoder = getattr(tower.encoder, "inner", tower.encoder)  # unwrap CachedPrefixEncoder
+    plain = QueryTower(encoder, tokenizer=tower.tokenizer, pooling=tower.pooling_name, output_dim=tower.output_dim,
+                       output_dtype=tower.output_dtype)
+    plain.proj.load_state_dict(tower.proj.state_dict())
+    tower_dir = save_query_tower(plain.cpu().eval(), directory / "query_tower")
+    embeddings = item_embeddings(model, data)["learned"]
+    index = Int8Index(embeddings.shape[1])
+    index.add(embeddings.contiguous(), data.features.ids.clone())
+    index_path = directory / "item_index.safetensors"
+    index.save(index_path)
+    return tower_dir, index_path
