@@ -108,9 +108,11 @@ def run_demo(cache_dir: str | None = None, out: str | None = None, steps: int | 
     import json
     from pathlib import Path
 
+    from omnikern._atomic import write_text_atomic
     from omnikern.models.commands import ABLATIONS
     from omnikern.models.recipe_eval import evaluate_recipe_model, format_table, write_results
-    from omnikern.models.trainer import Trainer, build_data, build_encoder, cache_dir as resolve_cache
+    from omnikern.models.trainer import Trainer, build_data, build_encoder, export_for_serving
+    from omnikern.models.trainer import cache_dir as resolve_cache
 
     start = time.perf_counter()
     config = demo_config(cache_dir, steps)
@@ -132,6 +134,9 @@ def run_demo(cache_dir: str | None = None, out: str | None = None, steps: int | 
         baseline = build_encoder(cfg, len(data.tokenizer)) if zero_shot else None
         results = evaluate_recipe_model(trainer.model, data, zero_shot=baseline)
         write_results(results, run, "results")
+        if name == "full":
+            tower_dir, index_path = export_for_serving(trainer.model, data, run)
+            print(f"for serving: omnikern export-triton --checkpoint {tower_dir} --index {index_path} --out <repo>")
         print(f"[{name}: trained and evaluated, {time.perf_counter() - start:.0f} s]")
         return results
 
@@ -146,7 +151,7 @@ def run_demo(cache_dir: str | None = None, out: str | None = None, steps: int | 
     print()
     table = comparison_table(results, extra)
     print(table)
-    (root / "demo_table.txt").write_text(table + "\n", encoding="utf-8")
-    (root / "demo_results.json").write_text(json.dumps({"full": results, **extra}, indent=1), encoding="utf-8")
+    write_text_atomic(root / "demo_table.txt", table + "\n")
+    write_text_atomic(root / "demo_results.json", json.dumps({"full": results, **extra}, indent=1))
     print(f"total {time.perf_counter() - start:.0f} s; results in {root}")
     return 0

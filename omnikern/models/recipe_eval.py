@@ -22,9 +22,8 @@ difference.
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from omnikern._atomic import write_bytes_atomic, write_text_atomic
 from omnikern.data.queries import KINDS
 from omnikern.models.evaluate import evaluate_exact, evaluate_topk
 from omnikern.ops import l2_normalize
@@ -156,10 +156,7 @@ def write_results(results: dict[str, Any], out_dir: str | Path, name: str = "res
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / f"{name}.json", out_dir / f"{name}.png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".json", dir=out_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, json_path)
+    write_text_atomic(json_path, json.dumps(results, indent=1))
 
     import matplotlib
 
@@ -177,9 +174,8 @@ def write_results(results: dict[str, Any], out_dir: str | Path, name: str = "res
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".png", dir=out_dir)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, png_path)
+    write_bytes_atomic(png_path, buffer.getvalue())
     return json_path, png_path

@@ -374,14 +374,9 @@ def _atomic_dir(target: Path, write) -> Path:
 
 
 def _atomic_json(path: Path, value: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(value, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from omnikern._atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(value, indent=1))
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
