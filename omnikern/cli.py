@@ -19,7 +19,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if args.ops:
         return run_op_checks(quick=not args.full)
-    return run_demo(cache_dir=args.cache_dir, out=args.out, steps=args.steps, ablations=args.ablations)
+    return run_demo(cache_dir=args.cache_dir, out=args.out, steps=args.steps, ablations=args.ablations,
+                    serve=not args.no_serve)
 
 
 def _cmd_hash(args: argparse.Namespace) -> int:
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", help="run directory (default <cache-dir>/demo)")
     demo.add_argument("--steps", type=int, help="training steps (default: the demo preset)")
     demo.add_argument("--ablations", action="store_true", help="also train and score the ablation rows")
+    demo.add_argument("--no-serve", action="store_true", help="skip exporting, serving and querying the trained model")
     demo.add_argument("--ops", action="store_true", help="only check the ops against their references (seconds)")
     demo.add_argument("--full", action="store_true", help="with --ops: full sizes")
     demo.set_defaults(func=_cmd_demo)

@@ -7,7 +7,6 @@ repository's README.txt.
 """
 
 import importlib
-import json
 import os
 
 # The server runs compiled code only; CPU test runs set the Triton interpreter, which must not leak here.
@@ -17,24 +16,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
+from omnikern.serve import backend  # noqa: E402
 from omnikern.serve import contract as C  # noqa: E402
 
 
 def _error(message):
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+    return backend.invalid_arg(pb_utils, message)
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
-        if args.get("model_instance_kind") == "GPU":
-            self.device = torch.device("cuda", int(args["model_instance_device_id"]))
-        else:
-            self.device = torch.device("cpu")
-        threads = int(params.get("torch_threads", "0"))
-        if threads > 0 and self.device.type == "cpu":
-            torch.set_num_threads(threads)
+        params = backend.parameters(args)
+        self.device = backend.instance_device(args, params)
         self.k_default = int(params["k_default"])
         self.max_k = int(params.get("max_k", C.MAX_K))
         self.rerank = int(params.get("rerank", "0"))

@@ -16,18 +16,18 @@ os.environ.pop("TRITON_INTERPRET", None)
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
+from omnikern.serve import backend  # noqa: E402
 from omnikern.serve import contract as C  # noqa: E402
 from omnikern.text.wordpiece import WordPieceTokenizer  # noqa: E402
 
 
 def _error(message):
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+    return backend.invalid_arg(pb_utils, message)
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        params = backend.parameters(args)
         self.max_bytes = int(params.get("max_text_bytes", C.MAX_TEXT_BYTES))
         self.threads = int(params.get("threads", "1"))  # 0 = all cores
         self.pad_to = int(params["pad_to"])
