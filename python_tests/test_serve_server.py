@@ -16,8 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_group_gone, running_server
 
-from omnikern.serve import DynamicBatching, ModelConfig, TensorSpec, TritonServer, TritonServerError, write_model
+from omnikern.serve import (
+    DynamicBatching,
+    ModelConfig,
+    TensorSpec,
+    TritonServer,
+    TritonServerError,
+    write_model,
+)
 from omnikern.serve.server import _shm_regions, group_processes
 
 HAVE_SERVE = all(importlib.util.find_spec(name) is not None for name in ("pytriton", "tritonclient"))
@@ -237,24 +245,11 @@ def test_model_execute_in_process(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 
-def _assert_group_gone(pgid: int) -> None:
-    leftover = group_processes(pgid)
-    assert leftover == [], f"processes left behind in group {pgid}: {leftover}"
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
     write_model(repo, L2_CONFIG, L2_MODEL_PY)
-    triton = TritonServer(repo, startup_timeout_s=60, stop_timeout_s=5)
-    try:
-        triton.start()
-        yield triton
-    finally:
-        pgid = triton.pid
-        triton.stop()
-        if pgid is not None:
-            _assert_group_gone(pgid)
+    yield from running_server(repo, startup_timeout_s=60)
 
 
 @pytest.fixture(scope="module")
@@ -377,7 +372,7 @@ def test_broken_model_fails_fast_with_the_log(tmp_path):
     errors = str(error.value).split("--- errors ---")[1].split("--- tail of")[0]
     assert "omnikern-test: cannot load weights" in errors, "the failed load comes first, not buried in the tail"
     assert not triton.is_alive()
-    _assert_group_gone(triton.last_pid)
+    assert_group_gone(triton.last_pid)
     triton.stop()
 
 
@@ -391,7 +386,7 @@ def test_model_that_never_loads_hits_the_deadline(tmp_path):
     assert time.monotonic() - started < 3 + 2 * 2 + 5
     assert "tritonserver.log" in str(error.value)
     assert not triton.is_alive()
-    _assert_group_gone(triton.last_pid)
+    assert_group_gone(triton.last_pid)
     triton.stop()
 
 
@@ -410,7 +405,7 @@ def test_interrupt_inside_with_stops_the_whole_group(tmp_path):
             orphan.write_bytes(b"\0" * 64)
             regions.append(orphan.name)
             raise KeyboardInterrupt
-    _assert_group_gone(pgid)
+    assert_group_gone(pgid)
     assert not any(Path("/dev/shm", r).exists() for r in regions), "shared-memory regions left behind"
     assert triton.log_path is None  # the temporary work dir is removed
     triton.stop()  # idempotent
