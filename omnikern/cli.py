@@ -44,7 +44,8 @@ def _cmd_export_triton(args: argparse.Namespace) -> int:
         print("omnikern export-triton: --index FILE is needed with --checkpoint", file=sys.stderr)
         return 2
     options = {"max_batch_size": args.max_batch_size, "instance_kind": args.instance_kind,
-               "instance_count": args.instance_count, "k_default": args.k, "overwrite": args.overwrite}
+               "instance_count": args.instance_count, "k_default": args.k, "overwrite": args.overwrite,
+               "encoder_runtime": args.encoder_runtime}
     with tempfile.TemporaryDirectory(prefix="omnikern-export-") as tmp:
         if args.zero_shot:
             tower = zero_shot_tower()
@@ -162,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--instance-kind", choices=("KIND_CPU", "KIND_GPU"), default="KIND_CPU")
     export.add_argument("--instance-count", type=int, default=1)
     export.add_argument("--k", type=int, default=10, help="results per query when a request gives no k")
+    export.add_argument("--encoder-runtime", choices=("torch", "onnx"), default="torch",
+                        help="run the query encoder with torch, or as an ONNX graph in onnxruntime (CPU only)")
     export.add_argument("--overwrite", action="store_true", help="replace the models of an existing repository")
     export.set_defaults(func=_cmd_export_triton)
 

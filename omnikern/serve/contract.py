@@ -47,6 +47,7 @@ IDS = "ids"
 WORDPIECE_FILE = "wordpiece.json"  # WordPieceTokenizer state (vocab + options), JSON
 TOWER_CONFIG_FILE = "query_tower.json"  # how to rebuild the QueryTower module, JSON
 TOWER_WEIGHTS_FILE = "query_tower.safetensors"  # its state_dict
+ENCODER_ONNX_FILE = "query_tower.onnx"  # the tower as one ONNX graph (encoder_runtime="onnx")
 INDEX_FILE = "index.safetensors"  # Int8Index.save output
 
 # ---- limits ----
@@ -54,6 +55,9 @@ INDEX_FILE = "index.safetensors"  # Int8Index.save output
 # still bounds what one request can make the tokenizer do.
 MAX_TEXT_BYTES = 4096
 MAX_K = 1000
+
+# ---- encoder runtimes (export_triton(encoder_runtime=...)) ----
+ENCODER_RUNTIMES = ("torch", "onnx")
 
 
 class RequestError(ValueError):

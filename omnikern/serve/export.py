@@ -6,8 +6,9 @@ What :func:`export_triton` writes (names and shapes: :mod:`omnikern.serve.contra
       README.txt                     what runs where, the Python environment the models need
       tokenizer/config.pbtxt         python backend, KIND_CPU: text -> input_ids, attention_mask
       tokenizer/1/model.py           + wordpiece.json (vocab and options, JSON)
-      query_encoder/config.pbtxt     python backend running torch: tokens -> embedding
-      query_encoder/1/model.py       + query_tower.json (config) + query_tower.safetensors (weights)
+      query_encoder/config.pbtxt     python backend running torch (or onnxruntime): tokens -> embedding
+      query_encoder/1/model.py       + query_tower.json (config) + query_tower.safetensors (weights),
+                                     or + query_tower.onnx instead of the weights (encoder_runtime="onnx")
       scorer/config.pbtxt            python backend: embedding (+ k) -> scores, ids (int8 index, top-k)
       scorer/1/model.py              + index.safetensors (Int8Index.save)
       omnisearch/config.pbtxt        ensemble: tokenizer -> query_encoder -> scorer
@@ -169,7 +170,7 @@ def _ensemble_pbtxt(name: str, inputs: Sequence[TensorSpec], outputs: Sequence[T
 
 
 def _readme(max_batch_size: int, instance_kind: str, k_default: int, max_k: int, dim: int, count: int,
-            pad_to: int, torch_threads: int) -> str:
+            pad_to: int, torch_threads: int, encoder_runtime: str) -> str:
     import omnikern
 
     try:
@@ -179,11 +180,19 @@ def _readme(max_batch_size: int, instance_kind: str, k_default: int, max_k: int,
     except ImportError:  # pragma: no cover - export needs it
         transformers_version = "?"
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if encoder_runtime == "onnx":
+        import onnxruntime
+
+        runtime = f"onnxruntime {onnxruntime.__version__} CPU on {C.ENCODER_ONNX_FILE}"
+        runtime_line = f"\n  - onnxruntime {onnxruntime.__version__} (or compatible, CPU build) for the encoder"
+    else:
+        runtime, runtime_line = "torch", ""
     return f"""omnikern Triton model repository (written by omnikern {omnikern.__version__} export_triton)
 
 Models
   tokenizer      python backend, KIND_CPU  text BYTES [B,1] -> input_ids, attention_mask INT64 [B,T]
   query_encoder  python backend, {instance_kind}  input_ids, attention_mask -> embedding FP32 [B,{dim}]
+                 runtime: {runtime}
   scorer         python backend, {instance_kind}  embedding (+ optional k INT32 [B,1]) -> scores FP32, ids INT64 [B,k]
                  int8 index of {count} rows, k default {k_default}, k in 1..{max_k}
   omnisearch     ensemble: text (+ k) -> scores, ids
@@ -201,7 +210,7 @@ starts; `omnikern serve` uses the one it runs in):
   - Python {python} (the stub must match: tritonserver from nvidia-pytriton ships stubs for 3.8-3.13,
     and LD_LIBRARY_PATH must hold that Python's libpython; `omnikern serve` sets it)
   - numpy < 2 (the python backend stub is built against numpy 1.x; numpy 2 breaks every response)
-  - torch {torch.__version__.split('+')[0]} (or compatible), transformers {transformers_version}, safetensors
+  - torch {torch.__version__.split('+')[0]} (or compatible), transformers {transformers_version}, safetensors{runtime_line}
   - omnikern {omnikern.__version__} with its C++ extension (WordPiece) and omnikern.Int8Index
 Install: pip install 'omnikern[serve,data]' (then torch for your device).
 
@@ -222,6 +231,7 @@ def export_triton(
     max_k: int = C.MAX_K,
     max_queue_delay_us: int = 500,
     torch_threads: int = 1,
+    encoder_runtime: str = "torch",
     index_class: str = "omnikern:Int8Index",
     version: int = 1,
     overwrite: bool = False,
@@ -242,7 +252,11 @@ def export_triton(
         torch_threads: intra-op threads of each encoder and scorer instance (CPU); 0 = torch's
             default (all cores). 1 is the default: several instances and stubs share the cores,
             and OpenMP threads that spin-wait on a busy machine made a 2-thread encoder 18x slower
-            than a 1-thread one here (296 vs 16 ms per query on 2 loaded cores).
+            than a 1-thread one here (296 vs 16 ms per query on 2 loaded cores). For
+            ``encoder_runtime="onnx"`` the onnxruntime session's intra-op threads.
+        encoder_runtime: what runs the encoder: ``"torch"`` (the QueryTower from its safetensors
+            weights) or ``"onnx"`` (the tower exported once, here, to ``query_tower.onnx`` and run
+            by onnxruntime on the CPU; needs ``onnx`` + ``onnxruntime``, and ``KIND_CPU``).
         index_class: ``"module:Class"`` the scorer loads the index with (``Class.load(path, device=)``).
         version: the version directory the models are written to.
         overwrite: replace the five models of an existing repository.
@@ -254,6 +268,11 @@ def export_triton(
     """
     if instance_kind not in _INSTANCE_KINDS:
         raise ValueError(f"instance_kind must be one of {_INSTANCE_KINDS}, got {instance_kind!r}")
+    if encoder_runtime not in C.ENCODER_RUNTIMES:
+        raise ValueError(f"encoder_runtime must be one of {C.ENCODER_RUNTIMES}, got {encoder_runtime!r}")
+    if encoder_runtime == "onnx" and instance_kind != "KIND_CPU":
+        raise ValueError(f"encoder_runtime 'onnx' runs on onnxruntime's CPU build: instance_kind must be KIND_CPU, "
+                         f"got {instance_kind!r}")
     for name, value, low in (("max_batch_size", max_batch_size, 1), ("instance_count", instance_count, 1),
                              ("max_k", max_k, 1), ("max_queue_delay_us", max_queue_delay_us, 0),
                              ("torch_threads", torch_threads, 0), ("version", version, 1)):
@@ -290,6 +309,16 @@ def export_triton(
     index_dim, index_count = _index_shape(index_path)
     if index_dim != dim:
         raise ValueError(f"the index at index_path has dim {index_dim} but the query tower outputs {dim}")
+    if encoder_runtime == "onnx":
+        # The graph replaces the weights: the encoder directory holds the config, the vocabulary
+        # (copied to the tokenizer below) and query_tower.onnx.
+        from omnikern.serve.onnx_encoder import export_encoder_onnx
+
+        tower = query_tower_or_checkpoint
+        if isinstance(tower, (str, os.PathLike)):
+            tower, _ = load_query_tower(encoder_dir)
+        export_encoder_onnx(tower, encoder_dir / C.ENCODER_ONNX_FILE)
+        (encoder_dir / C.TOWER_WEIGHTS_FILE).unlink()
 
     # The tokenizer pads every row to one width so that requests can be batched (tokenizer model.py).
     max_tokens = int(tower_config["max_tokens"])
@@ -316,7 +345,7 @@ def export_triton(
     write_model(out_dir, ModelConfig(
         name=C.QUERY_ENCODER, inputs=[ids, mask], outputs=[embedding], max_batch_size=max_batch_size,
         dynamic_batching=batching, instance_kind=instance_kind, instance_count=instance_count,
-        parameters={"torch_threads": str(torch_threads)},
+        parameters={"torch_threads": str(torch_threads), "encoder_runtime": encoder_runtime},
     ), model_py(C.QUERY_ENCODER), version=version)
     copy_file_atomic(index_path, out_dir / C.SCORER / str(version) / C.INDEX_FILE)
     write_model(out_dir, ModelConfig(
@@ -337,7 +366,7 @@ def export_triton(
         (out_dir / name / str(version)).mkdir(parents=True, exist_ok=True)  # ensembles need an (empty) version dir
         write_text_atomic(out_dir / name / "config.pbtxt", _ensemble_pbtxt(name, inputs, outputs, max_batch_size, steps))
     write_text_atomic(out_dir / "README.txt", _readme(max_batch_size, instance_kind, k_default, max_k, dim, index_count,
-                                                          pad_to, torch_threads))
+                                                          pad_to, torch_threads, encoder_runtime))
     return out_dir
 
 
