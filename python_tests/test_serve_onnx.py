@@ -57,7 +57,9 @@ def model(tmp_path_factory):
     return {"tower": tower, "index": index, "repo": repo, "tmp": tmp}
 
 
-def _session(model):
+@pytest.fixture(scope="module")
+def session(model):
+    """An onnxruntime session on the exported graph (one thread, as served)."""
     from omnikern.serve.onnx_encoder import encoder_session
 
     return encoder_session(model["repo"] / C.QUERY_ENCODER / "1" / C.ENCODER_ONNX_FILE, threads=1)
@@ -79,12 +81,11 @@ def test_onnx_repository_layout(model):
 
 
 @pytest.mark.parametrize("batch, tokens", [(1, 1), (1, 9), (5, 64), (3, 17)])  # shapes other than the traced (2, 5)
-def test_onnx_embedding_matches_torch(model, batch, tokens):
+def test_onnx_embedding_matches_torch(model, session, batch, tokens):
     """The graph equals the torch tower (max abs diff <= 1e-5) for random ids, with and without
     padded rows (the attention mask must not have been folded in at trace time)."""
     rng = np.random.default_rng(batch * 100 + tokens)
     ids = rng.integers(1000, 30000, size=(batch, tokens)).astype(np.int64)
-    session = _session(model)
     for mask in (np.ones_like(ids), (np.arange(tokens)[None, :] < rng.integers(1, tokens + 1, size=(batch, 1)))):
         mask = mask.astype(np.int64)
         got = session.run([C.EMBEDDING], {C.INPUT_IDS: ids, C.ATTENTION_MASK: mask})[0]
@@ -95,11 +96,11 @@ def test_onnx_embedding_matches_torch(model, batch, tokens):
         np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
-def test_onnx_top10_ids_equal_torch(model):
+def test_onnx_top10_ids_equal_torch(model, session):
     """Searching the index with the graph's embeddings gives the same top-10 ids as the torch tower."""
     encoded = model["tower"].tokenize(TEXTS)
     ids, mask = encoded["input_ids"].numpy(), encoded["attention_mask"].numpy()
-    got = _session(model).run([C.EMBEDDING], {C.INPUT_IDS: ids, C.ATTENTION_MASK: mask})[0]
+    got = session.run([C.EMBEDDING], {C.INPUT_IDS: ids, C.ATTENTION_MASK: mask})[0]
     want = _torch_embedding(model["tower"], ids, mask)
     got_scores, got_ids = model["index"].search(torch.from_numpy(got), 10)
     want_scores, want_ids = model["index"].search(torch.from_numpy(want), 10)
@@ -153,7 +154,7 @@ def test_onnx_helpers_reject_bad_arguments(model, tmp_path):
             encoder_session(model["repo"] / C.QUERY_ENCODER / "1" / C.ENCODER_ONNX_FILE, threads=threads)
 
 
-def test_cli_export_onnx_from_checkpoint(model, tmp_path):
+def test_cli_export_onnx_from_checkpoint(model, session, tmp_path):
     """``omnikern export-triton --checkpoint … --encoder-runtime onnx`` rebuilds the tower from the
     checkpoint and writes the same graph (same embeddings) as exporting the tower itself."""
     from omnikern.cli import main
@@ -167,7 +168,7 @@ def test_cli_export_onnx_from_checkpoint(model, tmp_path):
     encoded = model["tower"].tokenize(TEXTS[:3])
     feeds = {C.INPUT_IDS: encoded["input_ids"].numpy(), C.ATTENTION_MASK: encoded["attention_mask"].numpy()}
     got = encoder_session(out / C.QUERY_ENCODER / "1" / C.ENCODER_ONNX_FILE).run(None, feeds)[0]
-    np.testing.assert_allclose(got, _session(model).run(None, feeds)[0], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(got, session.run(None, feeds)[0], atol=1e-6, rtol=0)
 
 
 def test_real_server_with_onnx_encoder(model):
