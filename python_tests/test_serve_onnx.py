@@ -173,7 +173,9 @@ def test_cli_export_onnx_from_checkpoint(model, session, tmp_path):
 
 def test_real_server_with_onnx_encoder(model):
     """The real tritonserver on the onnx repository: gRPC search equals tower.encode + index.search
-    (ids exactly, scores within 1e-4), encode within 1e-5, and a request without ``text`` is refused."""
+    (ids exactly, scores within 1e-4), encode within 1e-5; a request with ``k`` but no ``text`` is
+    refused by the client (ValueError naming ``text``) and, sent raw, by the server."""
+    import tritonclient.grpc
     from tritonclient.utils import InferenceServerException
 
     with torch.no_grad():
@@ -185,6 +187,13 @@ def test_real_server_with_onnx_encoder(model):
             np.testing.assert_array_equal(ids, np.asarray(expected_ids))
             np.testing.assert_allclose(scores, np.asarray(expected_scores), atol=1e-4, rtol=0)
             np.testing.assert_allclose(client.encode(TEXTS[:3]), expected[:3].numpy(), atol=EMB_ATOL, rtol=0)
-            with pytest.raises(InferenceServerException):
-                client._infer(C.OMNISEARCH, {C.K: (np.full((1, 1), 3, np.int32), "INT32")}, (C.IDS,))
-            assert client.is_ready()
+            # k without text: the client refuses it; sent raw, Triton's ensemble scheduler answers
+            # with its "deadlock" message (documented in omnikern.serve.contract), and keeps serving.
+            k_only = {C.K: (np.full((1, 1), 3, np.int32), "INT32")}
+            with pytest.raises(ValueError, match=r"needs input\(s\) \['text'\], got \['k'\]"):
+                client._infer(C.OMNISEARCH, k_only, (C.IDS,))
+            raw = tritonclient.grpc.InferInput(C.K, [1, 1], "INT32")
+            raw.set_data_from_numpy(k_only[C.K][0])
+            with pytest.raises(InferenceServerException, match="deadlock"):
+                client._live().infer(C.OMNISEARCH, [raw])
+            np.testing.assert_array_equal(client.search(TEXTS[:1], k=10)[1], np.asarray(expected_ids[:1]))

@@ -109,6 +109,11 @@ class Client:
 
     # ---- requests ----------------------------------------------------------------------------
     def _infer(self, model: str, inputs: dict[str, tuple[np.ndarray, str]], outputs: Sequence[str]) -> list[np.ndarray]:
+        # A missing required input would reach Triton's ensemble scheduler, whose answer ("unexpected
+        # deadlock") does not name the input (contract module docstring): refuse it here instead.
+        missing = [name for name in C.REQUIRED_INPUTS.get(model, ()) if name not in inputs]
+        if missing:
+            raise ValueError(f"a request to model {model!r} needs input(s) {missing}, got {sorted(inputs)}")
         tensors = []
         for name, (array, dtype) in inputs.items():
             tensor = self._module.InferInput(name, list(array.shape), dtype)

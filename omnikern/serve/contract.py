@@ -19,6 +19,14 @@ tensor             type       dims        meaning
 ``scores``         FP32       [-1]        (B, k) best first; ``-inf`` where the index has < k rows (the gap marker)
 ``ids``            INT64      [-1]        (B, k) item ids (may be negative); ``-1`` in the gaps
 =================  =========  ==========  =====================================================
+
+A request that leaves out ``text`` is refused by the server with INVALID_ARGUMENT, but the message
+depends on the other inputs: with none at all Triton says "missing required input(s) ['text']";
+an ``omnisearch`` request with ``k`` and no ``text`` passes Triton's input count (1 to 2) and its
+ensemble scheduler answers "unexpected deadlock, at least one output is not set while no more
+ensemble steps can be made" (tritonserver 2.51), which means the same thing. The ensembles cannot
+check their inputs themselves, so :class:`omnikern.serve.Client` checks ``REQUIRED_INPUTS`` before
+sending.
 """
 
 from __future__ import annotations
@@ -42,6 +50,9 @@ ATTENTION_MASK = "attention_mask"
 EMBEDDING = "embedding"
 SCORES = "scores"
 IDS = "ids"
+
+# What each ensemble cannot do without (the client checks before sending; see the module docstring).
+REQUIRED_INPUTS = {OMNISEARCH: (TEXT,), ENCODE: (TEXT,)}
 
 # ---- files inside the version directories ----
 WORDPIECE_FILE = "wordpiece.json"  # WordPieceTokenizer state (vocab + options), JSON
