@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -55,18 +56,41 @@ def _percentiles(latencies_ms: list[float]) -> dict[str, float]:
     return {f"p{q}_ms": float(np.percentile(values, q)) for q in (50, 90, 99)}
 
 
-def in_process(tower, index, batch: int, duration_s: float, max_requests: int) -> dict:
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (``uptime``): how busy the shared cores were."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def in_process_encoder(tower, runtime: str, onnx_path: Path | None, threads: int):
+    """``texts -> (B, D) embeddings`` the way the server's encoder runs them, in this process:
+    the tower's tokenizer, then the torch tower or an onnxruntime session on the exported graph."""
+    if runtime == "torch":
+        return lambda texts: tower(**tower.tokenize(texts))
+    from omnikern.serve import contract as C
+    from omnikern.serve.onnx_encoder import encoder_session
+
+    session = encoder_session(onnx_path, threads=threads)
+
+    def encode(texts):
+        tokens = tower.tokenize(texts)
+        feeds = {C.INPUT_IDS: tokens["input_ids"].numpy(), C.ATTENTION_MASK: tokens["attention_mask"].numpy()}
+        return torch.from_numpy(session.run([C.EMBEDDING], feeds)[0])
+
+    return encode
+
+
+def in_process(encode, index, batch: int, duration_s: float, max_requests: int) -> dict:
     """Queries/s of tokenize + encode + search in this process, ``batch`` queries per call."""
     rng = np.random.default_rng(0)
     done, latencies = 0, []
     with torch.inference_mode():
         for _ in range(3):  # warm-up
-            index.search(tower(**tower.tokenize(QUERIES[:batch])), 10)
+            index.search(encode(QUERIES[:batch]), 10)
         start = time.perf_counter()
         while time.perf_counter() - start < duration_s and done < max_requests:
             texts = [QUERIES[i] for i in rng.integers(0, len(QUERIES), size=batch)]
             t0 = time.perf_counter()
-            index.search(tower(**tower.tokenize(texts)), 10)
+            index.search(encode(texts), 10)
             latencies.append((time.perf_counter() - t0) * 1e3)
             done += batch
         elapsed = time.perf_counter() - start
@@ -130,6 +154,31 @@ def batch_stats(url: str) -> dict[str, tuple[int, int]]:
     return out
 
 
+def serve_points(repo: Path, args, duration: float) -> list[dict]:
+    """Starts the server on ``repo`` and measures every concurrency; each point also carries the
+    mean rows per execute() of each backend model (what the dynamic batcher achieved)."""
+    from omnikern.serve import TritonServer
+
+    with TritonServer(repo, startup_timeout_s=300) as server:
+        url = server.url_grpc if args.protocol == "grpc" else server.url_http
+        load_loop(url, args.protocol, 2, 2.0, 200)  # warm-up of every model instance
+        served = []
+        for c in args.concurrency:
+            before = batch_stats(server.url_http)
+            point = load_loop(url, args.protocol, c, duration, args.max_requests)
+            after = batch_stats(server.url_http)
+            point["mean_batch"] = {name: round((after[name][0] - before[name][0]) /
+                                               max(1, after[name][1] - before[name][1]), 2)
+                                   for name in ("tokenizer", "query_encoder", "scorer") if name in after}
+            served.append(point)
+    return served
+
+
+def _row(mine: dict, theirs: dict) -> dict:
+    return {**{f"server_{k}": v for k, v in mine.items()}, **{f"inprocess_{k}": v for k, v in theirs.items()},
+            "server_over_inprocess": mine["qps"] / theirs["qps"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 s per point instead of 10 s")
@@ -144,13 +193,15 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=1, help="encoder and scorer instances in the server")
     parser.add_argument("--index-class", default="omnikern:Int8Index",
                         help="module:Class of the index, here and in the server (for stand-ins)")
+    parser.add_argument("--encoder-runtime", nargs="+", choices=("torch", "onnx"), default=["torch", "onnx"],
+                        help="the encoder variants to measure, one server each (export_triton(encoder_runtime=))")
     parser.add_argument("--out", default=None, help="results file (default bench/results/serve-<device>.json)")
     args = parser.parse_args()
     duration = args.duration or (3.0 if args.quick else 10.0)
 
     import importlib
 
-    from omnikern.serve import TritonServer, export_triton
+    from omnikern.serve import export_triton
     from omnikern.serve.export import zero_shot_tower
 
     module, _, name = args.index_class.partition(":")
@@ -174,41 +225,37 @@ def main() -> int:
         print(f"model: zero-shot MiniLM query tower -> 512, int8 index of {len(index)} rows, k=10, "
               f"device {env['device']}, {args.threads} thread(s), {args.instances} instance(s)")
 
-        local = [in_process(tower, index, c, duration, args.max_requests) for c in args.concurrency]
-        repo = export_triton(tower, index_path, Path(tmp) / "repo", max_queue_delay_us=args.max_queue_delay_us,
-                             index_class=args.index_class, torch_threads=args.threads,
-                             instance_count=args.instances,
-                             instance_kind="KIND_GPU" if device == "cuda" else "KIND_CPU")
-        del tower, index  # the server gets the cores' attention (and the GPU's memory)
-        with TritonServer(repo, startup_timeout_s=300) as server:
-            url = server.url_grpc if args.protocol == "grpc" else server.url_http
-            load_loop(url, args.protocol, 2, 2.0, 200)  # warm-up of every model instance
-            served = []
-            for c in args.concurrency:
-                before = batch_stats(server.url_http)
-                point = load_loop(url, args.protocol, c, duration, args.max_requests)
-                after = batch_stats(server.url_http)
-                # Mean rows per execute() of each backend model: what the dynamic batcher achieved.
-                point["mean_batch"] = {name: round((after[name][0] - before[name][0]) /
-                                                   max(1, after[name][1] - before[name][1]), 2)
-                                       for name in ("tokenizer", "query_encoder", "scorer") if name in after}
-                served.append(point)
+        variants = {}
+        for runtime in args.encoder_runtime:
+            repo = export_triton(tower, index_path, Path(tmp) / f"repo-{runtime}", encoder_runtime=runtime,
+                                 max_queue_delay_us=args.max_queue_delay_us, index_class=args.index_class,
+                                 torch_threads=args.threads, instance_count=args.instances,
+                                 instance_kind="KIND_GPU" if device == "cuda" else "KIND_CPU")
+            load = {"before": load_average()}
+            # In process: the same tokenizer, the same encoder runtime (torch, or onnxruntime on the
+            # exported graph) and the same index; the server's number is compared with this one.
+            encode = in_process_encoder(tower, runtime, repo / "query_encoder" / "1" / "query_tower.onnx", args.threads)
+            local = [in_process(encode, index, c, duration, args.max_requests) for c in args.concurrency]
+            del encode  # the server gets the cores' attention
+            served = serve_points(repo, args, duration)
+            load["after"] = load_average()
+            variants[runtime] = {"rows": [_row(mine, theirs) for mine, theirs in zip(served, local)], "load_average": load}
 
-    rows = []
-    for mine, theirs in zip(served, local):
-        rows.append({**{f"server_{k}": v for k, v in mine.items()},
-                     **{f"inprocess_{k}": v for k, v in theirs.items()},
-                     "server_over_inprocess": mine["qps"] / theirs["qps"]})
-    print(f"\n{'conc':>4} {'server q/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'fail':>5} "
-          f"{'in-proc q/s':>11} {'ratio':>6}  mean rows per execute")
-    for r in rows:
-        print(f"{r['server_concurrency']:>4} {r['server_qps']:>10.1f} {r['server_p50_ms']:>8.1f} "
-              f"{r['server_p90_ms']:>8.1f} {r['server_p99_ms']:>8.1f} {r['server_failures']:>5} "
-              f"{r['inprocess_qps']:>11.1f} {r['server_over_inprocess']:>6.2f}  {r['server_mean_batch']}")
+    torch_local = {r["inprocess_batch"]: r["inprocess_qps"] for r in variants.get("torch", {}).get("rows", [])}
+    for runtime, variant in variants.items():
+        print(f"\nencoder runtime {runtime} (load average before/after: {variant['load_average']})")
+        print(f"{'conc':>4} {'server q/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'fail':>5} "
+              f"{'in-proc q/s':>11} {'ratio':>6}  mean rows per execute")
+        for r in variant["rows"]:
+            if r["inprocess_batch"] in torch_local:
+                r["server_over_inprocess_torch"] = r["server_qps"] / torch_local[r["inprocess_batch"]]
+            print(f"{r['server_concurrency']:>4} {r['server_qps']:>10.1f} {r['server_p50_ms']:>8.1f} "
+                  f"{r['server_p90_ms']:>8.1f} {r['server_p99_ms']:>8.1f} {r['server_failures']:>5} "
+                  f"{r['inprocess_qps']:>11.1f} {r['server_over_inprocess']:>6.2f}  {r['server_mean_batch']}")
     result = {"environment": env, "protocol": args.protocol, "seconds_per_point": duration,
               "max_queue_delay_us": args.max_queue_delay_us, "index_rows": args.index_rows,
-              "threads": args.threads, "instances": args.instances,
-              "rows": rows}
+              "threads": args.threads, "instances": args.instances, "cpu_count": os.cpu_count(),
+              "encoder_runtimes": variants}
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"serve-{device_slug(env['device'])}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".json.tmp")
