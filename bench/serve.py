@@ -186,7 +186,7 @@ def main() -> int:
     parser.add_argument("--max-requests", type=int, default=20_000, help="cap per point")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
-    parser.add_argument("--max-queue-delay-us", type=int, default=500)
+    parser.add_argument("--max-queue-delay-us", type=int, default=0, help="the dynamic batchers' delay")
     parser.add_argument("--index-rows", type=int, default=3129, help="index size (default: the catalogue's)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch/tokenizer threads, in process and per server instance (0 = all cores)")
