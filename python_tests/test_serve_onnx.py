@@ -155,16 +155,18 @@ def test_onnx_helpers_reject_bad_arguments(model, tmp_path):
 
 
 def test_cli_export_onnx_from_checkpoint(model, session, tmp_path):
-    """``omnikern export-triton --checkpoint … --encoder-runtime onnx`` rebuilds the tower from the
-    checkpoint and writes the same graph (same embeddings) as exporting the tower itself."""
+    """``omnikern export-triton --checkpoint …`` (encoder runtime "auto": onnx on KIND_CPU) rebuilds
+    the tower from the checkpoint and writes the same graph (same embeddings) as exporting the
+    tower itself."""
     from omnikern.cli import main
     from omnikern.serve.onnx_encoder import encoder_session
 
     checkpoint = save_query_tower(model["tower"], tmp_path / "ckpt")
     out = tmp_path / "repo"
     assert main(["export-triton", "--checkpoint", str(checkpoint), "--index", str(model["tmp"] / "index.safetensors"),
-                 "--out", str(out), "--encoder-runtime", "onnx"]) == 0
+                 "--out", str(out)]) == 0
     assert not (out / C.QUERY_ENCODER / "1" / C.TOWER_WEIGHTS_FILE).exists()
+    assert 'string_value: "onnx"' in (out / C.QUERY_ENCODER / "config.pbtxt").read_text()
     encoded = model["tower"].tokenize(TEXTS[:3])
     feeds = {C.INPUT_IDS: encoded["input_ids"].numpy(), C.ATTENTION_MASK: encoded["attention_mask"].numpy()}
     got = encoder_session(out / C.QUERY_ENCODER / "1" / C.ENCODER_ONNX_FILE).run(None, feeds)[0]
