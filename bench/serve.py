@@ -6,20 +6,25 @@ projection to 512 → L2) and an int8 index of the recipe catalogue (3,129 rows;
 if the catalogue is not installed), k = 10. One query per request.
 
 Server: the repository from ``export_triton`` (dynamic batching, max batch 64), started on
-127.0.0.1; the load is a bounded tritonclient loop (perf_analyzer is not usable from PyPI here:
-``pip install perf-analyzer`` resolves to a 2 kB placeholder): ``c`` threads, each with its own
-client, send requests back to back for ``--duration`` seconds or until ``--max-requests``,
-after a warm-up. In-process: the same tokenizer + tower + index in this process, batches of
-``c`` queries back to back (the work the server's dynamic batcher can form at concurrency ``c``).
+127.0.0.1, once per encoder runtime (``--encoder-runtime torch onnx``: the tower in torch, or
+exported to ONNX and run by onnxruntime); the load is a bounded tritonclient loop (perf_analyzer
+is not usable from PyPI here: ``pip install perf-analyzer`` finds only a 0.1.0 placeholder): ``c``
+threads, each with its own client, send requests back to back for ``--duration`` seconds or until
+``--max-requests``, after a warm-up. In-process: the same tokenizer, the same encoder runtime and
+the same index in this process, batches of ``c`` queries back to back (the work the server's
+dynamic batcher can form at concurrency ``c``); ``server_over_inprocess`` divides by that, and
+``server_over_inprocess_torch`` by the torch in-process path. The JSON records the load average
+(``uptime``) before and after each variant: the 2 cores are shared.
 
 Reading the numbers (2 shared cores, tritonserver 2.51 CPU): each request crosses three python-backend
 stubs (tokenizer, encoder, scorer), separate processes woken through shared memory; on a busy
-machine each wake-up costs milliseconds (the scorer's execute takes 0.23 ms in process but 4.4 ms
-of server compute at concurrency 1). The defaults (one instance, one thread per stub) were the
-fastest of those tried: two encoder instances, or two threads per instance (OpenMP spin-waiting
-against the other stubs), were slower. ``mean_batch`` shows what the dynamic batcher achieved.
+machine each hop costs about a millisecond (the scorer's execute takes 0.4 ms in process but 1.8 ms
+in the server at concurrency 1). The defaults (one instance, one thread per stub, no batcher queue
+delay of 100 µs) were the fastest of those tried: two encoder instances, two threads per instance
+(OpenMP spin-waiting against the other stubs; onnxruntime without spinning too) were slower; no
+queue delay or 500 µs lost at high or low concurrency (export_triton's docstring has the numbers). ``mean_batch`` shows what the dynamic batcher achieved.
 
-Usage: ``python bench/serve.py [--quick] [--protocol http|grpc]``; writes
+Usage: ``python bench/serve.py [--quick] [--protocol http|grpc] [--encoder-runtime torch onnx]``; writes
 ``bench/results/serve-<device>.json`` and prints the table.
 """
 
@@ -186,7 +191,7 @@ def main() -> int:
     parser.add_argument("--max-requests", type=int, default=20_000, help="cap per point")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
-    parser.add_argument("--max-queue-delay-us", type=int, default=0, help="the dynamic batchers' delay")
+    parser.add_argument("--max-queue-delay-us", type=int, default=100, help="the dynamic batchers' delay")
     parser.add_argument("--index-rows", type=int, default=3129, help="index size (default: the catalogue's)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch/tokenizer threads, in process and per server instance (0 = all cores)")
