@@ -19,10 +19,11 @@ dynamic batcher can form at concurrency ``c``); ``server_over_inprocess`` divide
 Reading the numbers (2 shared cores, tritonserver 2.51 CPU): each request crosses three python-backend
 stubs (tokenizer, encoder, scorer), separate processes woken through shared memory; on a busy
 machine each hop costs about a millisecond (the scorer's execute takes 0.4 ms in process but 1.8 ms
-in the server at concurrency 1). The defaults (one instance, one thread per stub, no batcher queue
-delay of 100 µs) were the fastest of those tried: two encoder instances, two threads per instance
-(OpenMP spin-waiting against the other stubs; onnxruntime without spinning too) were slower; no
-queue delay or 500 µs lost at high or low concurrency (export_triton's docstring has the numbers). ``mean_batch`` shows what the dynamic batcher achieved.
+in the server at concurrency 1). The defaults (one instance and one thread per stub, a batcher
+queue delay of 100 µs) were the best of those tried: two encoder instances and two threads per
+instance (OpenMP spin-waiting against the other stubs; onnxruntime without spinning too) were
+slower; no delay lost throughput at 4 and 16, 500 µs lost it at 1 (numbers in export_triton's
+docstring). ``mean_batch`` shows what the dynamic batcher achieved.
 
 Usage: ``python bench/serve.py [--quick] [--protocol http|grpc] [--encoder-runtime torch onnx]``; writes
 ``bench/results/serve-<device>.json`` and prints the table.
