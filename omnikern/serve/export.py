@@ -273,6 +273,7 @@ def export_triton(
         ValueError: a bad option, a non-empty ``out_dir`` without ``overwrite``, an index whose dim
             differs from the tower's output, or ``k_default`` outside 1..max_k.
         FileNotFoundError: ``index_path`` or the checkpoint is missing.
+        ImportError: ``encoder_runtime`` is onnx and ``onnx`` is not installed.
     """
     if instance_kind not in _INSTANCE_KINDS:
         raise ValueError(f"instance_kind must be one of {_INSTANCE_KINDS}, got {instance_kind!r}")

@@ -23,6 +23,7 @@ dominate). The runtime is onnxruntime's CPU build: the variant is for ``KIND_CPU
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from pathlib import Path
@@ -75,15 +76,16 @@ def export_encoder_onnx(tower, path: str | os.PathLike) -> Path:
     except ImportError as error:
         raise ImportError("encoder_runtime='onnx' needs onnx and onnxruntime: pip install 'omnikern[serve]'") from error
     path = Path(path)
-    graph = _TowerGraph(tower).to("cpu").eval()
+    if any(p.device.type != "cpu" for p in tower.parameters()):
+        tower = copy.deepcopy(tower).cpu()  # traced on the CPU, which runs it; the caller's tower stays put
+    graph = _TowerGraph(tower)
     # Trace with B = 2, T = 5 and one padded row, so that no shape is 1 (the tracer would fold a
     # size-1 dimension into a constant) and the attention mask takes its general path.
-    ids = torch.full((2, 5), 1000, dtype=torch.int64)
+    ids = torch.ones(2, 5, dtype=torch.int64)  # any id in every vocabulary; the values are not traced in
     mask = torch.ones(2, 5, dtype=torch.int64)
     mask[1, 3:] = 0
-    axes = {"batch": 0, "tokens": 1}
-    dynamic_axes = {C.INPUT_IDS: {v: k for k, v in axes.items()}, C.ATTENTION_MASK: {v: k for k, v in axes.items()},
-                    C.EMBEDDING: {0: "batch"}}
+    tokens_axes = {0: "batch", 1: "tokens"}
+    dynamic_axes = {C.INPUT_IDS: tokens_axes, C.ATTENTION_MASK: tokens_axes, C.EMBEDDING: {0: "batch"}}
     training = tower.training
     tower.eval()
     try:
