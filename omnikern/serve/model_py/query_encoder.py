@@ -50,6 +50,10 @@ class TritonPythonModel:
         self.pad_id = int(meta["pad_id"])
         self.vocab_size = int(meta["vocab_size"])
         self.max_tokens = int(meta["max_tokens"])
+        # One small batch now, so that one-time setup (memory arenas, kernel selection) is not
+        # paid by the first request.
+        tokens = np.ones((2, min(8, self.max_tokens)), dtype=np.int64)
+        self._encode(tokens, tokens)
 
     def _encode(self, ids, mask):
         """(B, T) int64 ids and mask -> (B, D) float32 embeddings."""
