@@ -66,6 +66,11 @@ class ModelConfig:
         ngram_caps: vocabulary caps (char trigrams, unigrams, bigrams) counted on the train recipes.
         item_hidden: learned item tower MLP hidden widths (published [1024, 1024]).
         hash_buckets, text_dim: the hash embedding bag's table (published 100,000 × 256).
+        legacy_init: start from the pre-existing (legacy) embedding: the query projection's
+            ``legacy_dim`` prefix is initialised to the legacy PCA (``QueryTower.init_from_pca``)
+            and the learned item tower learns a residual on the legacy vector
+            (``LearnedItemTower(skip_feature="legacy")``), so step 0 is the zero-shot model on both
+            indexes. False: the published from-scratch init.
     """
 
     encoder: str = "minilm"
@@ -80,6 +85,7 @@ class ModelConfig:
     item_hidden: list[int] = field(default_factory=lambda: [1024, 1024])
     hash_buckets: int = 32_768
     text_dim: int = 256
+    legacy_init: bool = True
 
 
 @dataclass
