@@ -102,7 +102,8 @@ class LossConfig:
         dims, dim_weights: Matryoshka prefixes; None: the published ``16…512``.
         temperature: initial temperature.
         sketch_width: buckets per count-min row.
-        impl: ``auto | triton | torch``.
+        impl: ``auto | triton | torch`` (the fused loss) or ``reference`` (the materialising
+            plain-torch loss: for checking that both train the same model).
     """
 
     neg_mode: str = "mixed_sum"

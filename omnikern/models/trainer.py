@@ -224,8 +224,7 @@ class ContainerLoss(nn.Module):
 
     The container calls the loss once per candidate key in one forward. Each key gets its own
     :class:`SampledSoftmaxLoss` (own temperature and sketches, so each key's logQ totals are its
-    own; one shared module would also clamp its temperature in place between two calls of one
-    forward, which autograd rejects). Routing: a call without random negatives is the query →
+    own, as the published per-key losses have). Routing: a call without random negatives is the query →
     query task (``neg_mode="in_batch"``); with negatives, candidates of width ``learned_dim`` go
     to the learned item key, narrower ones to the fixed key.
 
