@@ -155,7 +155,10 @@ class TrainLoopConfig:
         save_every: checkpoint every N steps (0: only at the end).
         log_every: CSV scalar rows every N steps.
         progress: tqdm bar.
-        threads: torch CPU threads (0: torch's default).
+        threads: torch CPU threads (0: torch's default). With more than one thread, CPU runs
+            are not bit-reproducible from process to process (the order of some reduction in
+            torch's CPU kernels is not fixed; Adam then amplifies the rounding differences); with
+            one thread they are.
     """
 
     seed: int = 0
