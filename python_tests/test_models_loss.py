@@ -14,7 +14,11 @@ from helpers import assert_close_verbose
 
 from omnikern import SampledSoftmaxLoss
 from omnikern.models.loss import SampledSoftmaxLossResult
-from omnikern.ops.reference import CountMinSketchRef, logq_from_counts_ref, sampled_softmax_loss_ref
+from omnikern.ops.reference import (
+    CountMinSketchRef,
+    logq_from_counts_ref,
+    sampled_softmax_loss_ref,
+)
 
 WIDTH = 61  # narrow sketches: collisions make the estimates differ from exact counts
 

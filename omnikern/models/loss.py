@@ -20,7 +20,12 @@ from torch import nn
 
 from omnikern.ops.distributed import all_gather_rows
 from omnikern.ops.loss import resolve_prefixes, sampled_softmax_loss
-from omnikern.ops.reference import COUNT_MIN_SEED, NEG_MODES, count_min_multipliers_ref, sampled_softmax_loss_ref
+from omnikern.ops.reference import (
+    COUNT_MIN_SEED,
+    NEG_MODES,
+    count_min_multipliers_ref,
+    sampled_softmax_loss_ref,
+)
 from omnikern.ops.sketch import COUNT_DTYPES, count_min_query, count_min_update_
 
 # Multiplier of the query id in the (query, pos) pair key ``pos_id + 17·query_id`` (int64 wrap).
