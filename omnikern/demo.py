@@ -66,6 +66,9 @@ DEMO_OVERRIDES = [
     "data.field_max_tokens=256",
     "train.log_every=20",
     "optim.warmup_steps=20",
+    # One thread: the run is then bit-reproducible (config.TrainLoopConfig.threads), so the
+    # README's numbers come back exactly on the same machine.
+    "train.threads=1",
 ]
 
 
@@ -100,6 +103,49 @@ def comparison_table(results: dict, ablations: dict | None = None) -> str:
     for name, metrics in rows:
         lines.append(f"{name:<38}" + "".join(f"{metrics[k]['recall@10']:>12.3f}" for k in KINDS))
     return "\n".join(lines)
+
+
+def _loss_curve(run: Path) -> dict[int, float]:
+    import csv
+
+    with open(run / "scalars.csv", newline="", encoding="utf-8") as handle:
+        return {int(row["step"]): float(row["loss"]) for row in csv.DictReader(handle)}
+
+
+def loss_agreement(fused_run: Path, reference_run: Path, fused: dict, reference: dict) -> dict:
+    """Returns how closely two runs that differ only in the loss implementation agree: the
+    largest |Δ loss| over the logged steps (absolute and relative) and |Δ Recall@10| per tower,
+    dim and query kind (the goal: within 0.005)."""
+    a, b = _loss_curve(fused_run), _loss_curve(reference_run)
+    steps = sorted(set(a) & set(b))
+    deltas = [abs(a[s] - b[s]) for s in steps]
+    worst = max(range(len(steps)), key=deltas.__getitem__) if steps else None
+    recall = {}
+    for tower, dims in fused["towers"].items():
+        if tower == "zero_shot":
+            continue
+        for dim, metrics in dims.items():
+            for kind, values in metrics["int8"].items():
+                other = reference["towers"][tower][dim]["int8"][kind]["recall@10"]
+                recall[f"{tower}@{dim}/{kind}"] = abs(values["recall@10"] - other)
+    return {
+        "steps_compared": len(steps),
+        "loss_by_step": {s: [a[s], b[s]] for s in steps},
+        "max_abs_loss_delta": max(deltas) if deltas else None,
+        "max_rel_loss_delta": deltas[worst] / abs(a[steps[worst]]) if steps else None,
+        "max_abs_recall10_delta": max(recall.values()) if recall else None,
+        "recall10_delta": recall,
+    }
+
+
+def format_agreement(agreement: dict) -> str:
+    """One paragraph on :func:`loss_agreement`'s result."""
+    if not agreement["steps_compared"]:
+        return "fused vs reference loss: no logged steps in common (train longer than train.log_every)"
+    return (f"fused vs reference loss, same seed: {agreement['steps_compared']} logged steps, largest |Δ loss| "
+            f"{agreement['max_abs_loss_delta']:.2e} ({agreement['max_rel_loss_delta']:.1e} relative); largest "
+            f"|Δ Recall@10| over towers, dims and query kinds {agreement['max_abs_recall10_delta']:.4f} "
+            f"(goal ≤ 0.005)")
 
 
 def run_demo(cache_dir: str | None = None, out: str | None = None, steps: int | None = None,
@@ -162,6 +208,10 @@ def run_demo(cache_dir: str | None = None, out: str | None = None, steps: int | 
     print(format_table(results))
     print()
     table = comparison_table(results, extra)
+    if "reference_loss" in extra:
+        agreement = loss_agreement(root / "full", root / "reference_loss", results, extra["reference_loss"])
+        extra["reference_loss"]["agreement"] = agreement
+        table += "\n\n" + format_agreement(agreement)
     print(table)
     write_text_atomic(root / "demo_table.txt", table + "\n")
     write_text_atomic(root / "demo_results.json", json.dumps({"full": results, **extra}, indent=1))

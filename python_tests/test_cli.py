@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 
 from omnikern.cli import _PLANNED, main
 
@@ -31,3 +32,22 @@ def test_hash_prints_ids(capsys):
 def test_demo_passes(capsys):
     assert main(["demo", "--ops"]) == 0
     assert "all checks passed" in capsys.readouterr().out
+
+
+def test_loss_agreement_of_two_runs(tmp_path):
+    from omnikern.demo import format_agreement, loss_agreement
+
+    def run(name, losses, recall):
+        directory = tmp_path / name
+        directory.mkdir()
+        lines = ["step,seconds,loss"] + [f"{10 * (i + 1)},0.0,{v}" for i, v in enumerate(losses)]
+        (directory / "scalars.csv").write_text("\n".join(lines) + "\n")
+        metrics = {"int8": {"category": {"recall@10": recall}, "known_item": {"recall@10": 0.9}}}
+        return directory, {"towers": {"learned": {"256": metrics}, "zero_shot": {"256": metrics}}}
+
+    (a, ra), (b, rb) = run("a", [5.0, 4.0, 3.0], 0.50), run("b", [5.0, 4.5, 3.0], 0.52)
+    agreement = loss_agreement(a, b, ra, rb)
+    assert agreement["steps_compared"] == 3 and agreement["max_abs_loss_delta"] == 0.5
+    assert agreement["max_rel_loss_delta"] == 0.5 / 4.0
+    assert agreement["recall10_delta"] == {"learned@256/category": pytest.approx(0.02), "learned@256/known_item": 0.0}
+    assert "0.0200" in format_agreement(agreement)

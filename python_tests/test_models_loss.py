@@ -14,7 +14,11 @@ from helpers import assert_close_verbose
 
 from omnikern import SampledSoftmaxLoss
 from omnikern.models.loss import SampledSoftmaxLossResult
-from omnikern.ops.reference import CountMinSketchRef, logq_from_counts_ref, sampled_softmax_loss_ref
+from omnikern.ops.reference import (
+    CountMinSketchRef,
+    logq_from_counts_ref,
+    sampled_softmax_loss_ref,
+)
 
 WIDTH = 61  # narrow sketches: collisions make the estimates differ from exact counts
 
@@ -146,6 +150,45 @@ def test_temperature_init_and_in_place_clamp():
     want, _ = sampled_softmax_loss_ref(batch["query"], batch["pos"], batch["neg"], log_scale=t, **ids)
     want.backward()
     assert module.log_scale.grad.item() == pytest.approx(t.grad.item(), rel=1e-4)
+
+
+def test_one_module_called_twice_in_one_forward():
+    """Two calls before one backward (one module for two candidate keys): the in-place clamp must
+    not invalidate the first call's graph; the gradient is the sum of both calls' gradients."""
+    module = SampledSoftmaxLoss(impl="torch", logq_correction=False)
+    a, b = make_batch(seed=1), make_batch(seed=2)
+    ids = ("query_ids", "pos_ids", "neg_ids")
+    first = module(a["query"], a["pos"], a["neg"], **{k: a[k] for k in ids})
+    second = module(b["query"], b["pos"], b["neg"], **{k: b[k] for k in ids})
+    (first.total + second.total).backward()
+    t = module.log_scale.detach().clone().requires_grad_(True)
+    want = sum(sampled_softmax_loss_ref(x["query"], x["pos"], x["neg"], log_scale=t, **{k: x[k] for k in ids})[0]
+               for x in (a, b))
+    want.backward()
+    assert module.log_scale.grad.item() == pytest.approx(t.grad.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("neg_mode", ["mixed_sum", "in_batch"])
+def test_reference_impl_equals_the_fused_module(neg_mode):
+    """impl="reference" (materialised logits) and the fused path give the same loss, components
+    and gradients, with the same sketch corrections, step after step."""
+    fused = SampledSoftmaxLoss(neg_mode=neg_mode, sketch_width=WIDTH, impl="torch")
+    reference = SampledSoftmaxLoss(neg_mode=neg_mode, sketch_width=WIDTH, impl="reference")
+    for step in range(2):
+        batch = make_batch(seed=10 + step)
+        ids = {k: batch[k] for k in ("query_ids", "pos_ids", "neg_ids")}
+        results = []
+        for module in (fused, reference):
+            leaves = [batch[k].clone().requires_grad_(True) for k in ("query", "pos", "neg")]
+            result = module(*leaves, **ids)
+            results.append((result, grads_of(result.total, leaves + [module.log_scale])))
+        (got, got_grads), (want, want_grads) = results
+        assert_close_verbose(got.total.detach(), want.total.detach(), atol=1e-5, rtol=1e-5, name="loss")
+        assert sorted(got.components) == sorted(want.components)
+        for name, g, w in zip(("query", "pos", "neg", "t"), got_grads, want_grads):
+            assert_close_verbose(g, w, atol=1e-5, rtol=1e-4, name=name)
+    with pytest.raises(ValueError, match="impl"):
+        SampledSoftmaxLoss(impl="fused")
 
 
 def test_cap_on_in_batch_negatives():

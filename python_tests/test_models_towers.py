@@ -254,6 +254,31 @@ def test_learned_item_tower_bad_input():
         LearnedItemTower(text_fields=("t",), dense_features={"legacy": 0})
 
 
+def test_learned_item_tower_skip_starts_as_the_feature_and_learns_a_residual():
+    tower = small_item_tower(skip_feature="legacy")
+    feats = small_item_features()
+    out = tower(feats)
+    # Step 0: the tower is the (zero-padded, normalised) legacy vector, whatever the text says.
+    want = F.normalize(torch.cat([feats["legacy"], torch.zeros(3, 2)], dim=1), dim=1)
+    torch.testing.assert_close(out, want, atol=1e-6, rtol=0)
+    # Gradient reaches the MLP's (zero) last layer, so the residual can grow; the skip learns too.
+    (out * torch.randn(3, 8, generator=torch.Generator().manual_seed(3))).sum().backward()
+    last = [m for m in tower.mlp if isinstance(m, nn.Linear)][-1]
+    assert last.weight.grad.abs().sum() > 0 and tower.skip.weight.grad.abs().sum() > 0
+    # With the residual non-zero, the output is normalize(mlp(x) + skip(legacy)).
+    with torch.no_grad():
+        last.weight.normal_()
+    text = sum(tower.bag(feats[f"{n}_input_ids"], feats[f"{n}_offsets"]) for n in ("title", "body"))
+    x = torch.cat([text, feats["legacy"], unpack_bits(feats["visual"])], dim=1)
+    want = F.normalize(tower.mlp(x) + tower.skip(feats["legacy"]), dim=1)
+    torch.testing.assert_close(tower(feats), want, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="skip_feature"):
+        small_item_tower(skip_feature="pinsage")
+    with pytest.raises(ValueError, match="skip_feature"):
+        LearnedItemTower(text_fields=("t",), dense_features={"legacy": 6}, output_dim=4, hidden=(4,),
+                         bag=HashEmbeddingBag(num_buckets=53, dim=4, vocab_size=30), skip_feature="legacy")
+
+
 def test_published_item_tower_layout():
     tower = LearnedItemTower.published()
     assert len(PUBLISHED_TEXT_FIELDS) == 19 and tower.text_fields == PUBLISHED_TEXT_FIELDS
@@ -297,6 +322,29 @@ def test_query_tower_orthogonal_init_keeps_encoder_similarities():
     out = tower(**batch)
     pooled = F.normalize(pool_mean(encoder(**batch)[0], batch["attention_mask"]), dim=1)
     torch.testing.assert_close(out @ out.T, pooled @ pooled.T, atol=1e-5, rtol=0)
+
+
+def test_query_tower_init_from_pca_reproduces_the_legacy_projection():
+    from omnikern.data.legacy import LegacyVectors, fit_projection
+
+    encoder = tiny_bert(hidden=32)
+    batch = token_batch(b=7)
+    with torch.no_grad():
+        unit = F.normalize(pool_mean(encoder(**batch)[0], batch["attention_mask"]), dim=1)
+    mean, components = fit_projection(unit, 5)
+    legacy = LegacyVectors(vectors=torch.zeros(0, 5), ids=torch.zeros(0, dtype=torch.int64), mean=mean,
+                           components=components)
+    tower = QueryTower(encoder, pooling="mean", output_dim=12, normalize_pooled=True).eval()
+    tower.init_from_pca(mean, components)
+    out = tower(**batch)
+    # The 5-d prefix, renormalised, is exactly what the fixed tower's vectors are made of.
+    torch.testing.assert_close(F.normalize(out[:, :5], dim=1), legacy.project(unit), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="normalize_pooled"):
+        QueryTower(encoder, output_dim=12).init_from_pca(mean, components)
+    with pytest.raises(ValueError, match="components"):
+        tower.init_from_pca(mean, torch.zeros(13, 32))
+    with pytest.raises(ValueError, match="mean"):
+        tower.init_from_pca(torch.zeros(31), components)
 
 
 def test_query_tower_gradients_fp16_and_freeze():

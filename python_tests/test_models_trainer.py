@@ -412,3 +412,45 @@ def test_ngram_featuriser_feeds_the_item_tower(workdir, tmp_path):
     assert trainer.model.tower(("item", "learned")).bag.vocab_size == data.vocab_size
     trainer.train()
     assert trainer.step_count == 1
+
+
+# ---- starting from the legacy embedding; fused vs reference loss ------------------------------
+
+
+def test_legacy_init_starts_at_the_zero_shot_model(workdir, data, tmp_path):
+    """Before any step, the learned item tower returns the legacy vector (zero-padded) and the
+    query embedding's legacy_dim prefix is the legacy PCA of the zero-shot encoding."""
+    from omnikern.data.legacy import ZeroShotEncoder
+    from omnikern.models.recipe_eval import item_embeddings
+    from omnikern.models.trainer import build_encoder, load_tokenizer
+
+    config = tiny_config(workdir, "train.steps=1")
+    assert config.model.legacy_init
+    trainer = Trainer(config, tmp_path / "run", data=data)
+    items = item_embeddings(trainer.model, data)["learned"]
+    legacy = torch.nn.functional.normalize(data.legacy.vectors.float(), dim=1)
+    torch.testing.assert_close(items[:, :16], legacy, atol=1e-5, rtol=0)
+    assert items[:, 16:].abs().max().item() == 0.0
+    texts = [q.text for q in data.queries.eval[:8]]
+    query = trainer.model.tower(("query", "learned")).eval().encode(texts)
+    torch.manual_seed(config.train.seed)
+    encoder = build_encoder(config, len(data.tokenizer)).eval()
+    zero_shot = ZeroShotEncoder(encoder, load_tokenizer(config, config.model.query_max_tokens))(texts)
+    torch.testing.assert_close(torch.nn.functional.normalize(query[:, :16], dim=1), data.legacy.project(zero_shot),
+                               atol=1e-5, rtol=0)
+    scratch = Trainer(tiny_config(workdir, "train.steps=1", "model.legacy_init=false"), tmp_path / "scratch", data=data)
+    assert scratch.model.tower(("item", "learned")).skip is None
+
+
+def test_reference_loss_trains_like_the_fused_one(workdir, data, tmp_path):
+    """Same seed, one thread, the fused and the materialising loss: the first steps' losses agree
+    to float32 rounding (later, Adam amplifies rounding differences, as between any two orders of
+    summation)."""
+    curves = []
+    for impl in ("torch", "reference"):
+        trainer = Trainer(tiny_config(workdir, "train.steps=3", f'loss.impl="{impl}"'), tmp_path / impl, data=data)
+        trainer.train()
+        rows = (tmp_path / impl / "scalars.csv").read_text().splitlines()[1:]
+        curves.append([float(row.split(",")[2]) for row in rows])
+    assert len(curves[0]) == 3
+    torch.testing.assert_close(torch.tensor(curves[0]), torch.tensor(curves[1]), rtol=1e-4, atol=1e-5)

@@ -126,6 +126,21 @@ def test_checkpoint_round_trip_and_export_from_it(model, tmp_path):
     assert (out / C.QUERY_ENCODER / "1" / C.TOWER_WEIGHTS_FILE).read_bytes() == (checkpoint / C.TOWER_WEIGHTS_FILE).read_bytes()
 
 
+def test_checkpoint_keeps_normalize_pooled(model, tmp_path):
+    import copy
+
+    tower = copy.deepcopy(model["tower"])
+    tower.normalize_pooled = True
+    with torch.no_grad():  # with a bias, normalising before the projection changes the output
+        tower.proj.bias.normal_(generator=torch.Generator().manual_seed(0))
+    loaded, config = load_query_tower(save_query_tower(tower, tmp_path / "ckpt"))
+    assert config["normalize_pooled"] is True and loaded.normalize_pooled
+    texts = ["tomato soup", "crème brûlée"]
+    np.testing.assert_allclose(loaded.encode(texts).numpy(), tower.encode(texts).numpy(), atol=1e-6)
+    tower.normalize_pooled = False
+    assert not np.allclose(loaded.encode(texts).numpy(), tower.encode(texts).numpy(), atol=1e-3)
+
+
 def test_export_for_gpu_puts_encoder_and_scorer_on_the_gpu(model, tmp_path):
     repo = export_triton(model["tower"], model["tmp"] / "index.safetensors", tmp_path / "repo",
                          instance_kind="KIND_GPU", instance_count=2, max_batch_size=32)

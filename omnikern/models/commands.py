@@ -33,6 +33,14 @@ ABLATIONS = {
     "no_id_mask": ["loss.id_masking=false"],
     "in_batch_only": ['loss.neg_mode="in_batch"'],
     "no_small_dims": ["loss.dims=[256, 512]", "loss.dim_weights=[1.0, 1.0]"],
+    # The published from-scratch init instead of starting from the legacy embedding.
+    "no_legacy_init": ["model.legacy_init=false"],
+    # Not an ablation of the model: the materialising reference loss in place of the fused one,
+    # which must train the same model (same curve, same Recall@10).
+    "reference_loss": ['loss.impl="reference"'],
+    # The same run with other seeds (init and batches): how far apart runs land by chance.
+    "seed_1": ["train.seed=1"],
+    "seed_2": ["train.seed=2"],
 }
 
 

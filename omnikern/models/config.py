@@ -66,6 +66,11 @@ class ModelConfig:
         ngram_caps: vocabulary caps (char trigrams, unigrams, bigrams) counted on the train recipes.
         item_hidden: learned item tower MLP hidden widths (published [1024, 1024]).
         hash_buckets, text_dim: the hash embedding bag's table (published 100,000 × 256).
+        legacy_init: start from the pre-existing (legacy) embedding: the query projection's
+            ``legacy_dim`` prefix is initialised to the legacy PCA (``QueryTower.init_from_pca``)
+            and the learned item tower learns a residual on the legacy vector
+            (``LearnedItemTower(skip_feature="legacy")``), so step 0 is the zero-shot model on both
+            indexes. False: the published from-scratch init.
     """
 
     encoder: str = "minilm"
@@ -80,6 +85,7 @@ class ModelConfig:
     item_hidden: list[int] = field(default_factory=lambda: [1024, 1024])
     hash_buckets: int = 32_768
     text_dim: int = 256
+    legacy_init: bool = True
 
 
 @dataclass
@@ -96,7 +102,8 @@ class LossConfig:
         dims, dim_weights: Matryoshka prefixes; None: the published ``16…512``.
         temperature: initial temperature.
         sketch_width: buckets per count-min row.
-        impl: ``auto | triton | torch``.
+        impl: ``auto | triton | torch`` (the fused loss) or ``reference`` (the materialising
+            plain-torch loss: for checking that both train the same model).
     """
 
     neg_mode: str = "mixed_sum"
@@ -148,7 +155,10 @@ class TrainLoopConfig:
         save_every: checkpoint every N steps (0: only at the end).
         log_every: CSV scalar rows every N steps.
         progress: tqdm bar.
-        threads: torch CPU threads (0: torch's default).
+        threads: torch CPU threads (0: torch's default). With more than one thread, CPU runs
+            are not bit-reproducible from process to process (the order of some reduction in
+            torch's CPU kernels is not fixed; Adam then amplifies the rounding differences); with
+            one thread they are.
     """
 
     seed: int = 0

@@ -20,11 +20,18 @@ from torch import nn
 
 from omnikern.ops.distributed import all_gather_rows
 from omnikern.ops.loss import resolve_prefixes, sampled_softmax_loss
-from omnikern.ops.reference import COUNT_MIN_SEED, NEG_MODES, count_min_multipliers_ref
+from omnikern.ops.reference import (
+    COUNT_MIN_SEED,
+    NEG_MODES,
+    count_min_multipliers_ref,
+    sampled_softmax_loss_ref,
+)
 from omnikern.ops.sketch import COUNT_DTYPES, count_min_query, count_min_update_
 
 # Multiplier of the query id in the (query, pos) pair key ``pos_id + 17·query_id`` (int64 wrap).
 PAIR_KEY_MULTIPLIER = 17
+# "reference" runs the materialising plain-torch loss (the fused path's truth) inside the module.
+IMPLS = ("auto", "triton", "torch", "reference")
 
 
 class CountMinSketch(nn.Module):
@@ -150,7 +157,10 @@ class SampledSoftmaxLoss(nn.Module):
         max_in_batch_negatives: cap k on the in-batch candidates each rank contributes (sampled
             without replacement per forward); None for all.
         sketch_width, sketch_depth, sketch_dtype: size of each of the four sketches.
-        impl: ``"auto" | "triton" | "torch"`` for the loss and the sketches.
+        impl: ``"auto" | "triton" | "torch"`` for the loss and the sketches, or ``"reference"``:
+            the plain-torch loss that materialises every logit matrix
+            (``omnikern.ops.reference.sampled_softmax_loss_ref``; sketches on torch) — the truth
+            the fused path is compared against, also in training.
         process_group: the group to gather across (None: the default group when initialised).
     """
 
@@ -180,8 +190,8 @@ class SampledSoftmaxLoss(nn.Module):
             isinstance(max_in_batch_negatives, bool) or not isinstance(max_in_batch_negatives, int) or max_in_batch_negatives < 1
         ):
             raise ValueError(f"max_in_batch_negatives must be a positive int or None, got {max_in_batch_negatives!r}")
-        if impl not in ("auto", "triton", "torch"):
-            raise ValueError(f"impl must be 'auto', 'triton' or 'torch', got {impl!r}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         if dims is not None or dim_weights is not None:
             resolve_prefixes(dims, dim_weights, max(dims) if dims else 1)  # validate early
         self.neg_mode = neg_mode
@@ -194,7 +204,8 @@ class SampledSoftmaxLoss(nn.Module):
         # t = log(1 / temperature), clamped to log(max_scale) at init as before every forward.
         self.log_scale = nn.Parameter(torch.tensor(min(-math.log(temperature), self.max_log_scale)))
         if logq_correction:
-            sketch = dict(width=sketch_width, depth=sketch_depth, count_dtype=sketch_dtype, impl=impl)
+            sketch = dict(width=sketch_width, depth=sketch_depth, count_dtype=sketch_dtype,
+                          impl="torch" if impl == "reference" else impl)
             self.query_sketch = CountMinSketch(**sketch)
             self.pair_sketch = CountMinSketch(**sketch)
             self.candidate_sketch = CountMinSketch(**sketch)
@@ -230,7 +241,10 @@ class SampledSoftmaxLoss(nn.Module):
         """
         with torch.no_grad():
             # Clamp the parameter itself (spec): a functional clamp would zero dL/dt at the bound.
-            self.log_scale.clamp_(max=self.max_log_scale)
+            # Through .data, so that autograd's version counter does not move: a second call in the
+            # same forward (one module for two candidate keys) must not invalidate the first call's
+            # graph, and there the clamp is a no-op anyway (no optimiser step in between).
+            self.log_scale.data.clamp_(max=self.max_log_scale)
         uses_in_batch = self.neg_mode != "random"
         uses_random = self.neg_mode != "in_batch"
         if self.neg_mode == "in_batch":
@@ -289,12 +303,14 @@ class SampledSoftmaxLoss(nn.Module):
             if uses_random and neg is not None and neg.shape[0] > 0:
                 logq["neg_logq"] = self._logq(self.neg_sketch, neg_ids, neg_total, num_neg)
 
-        out = sampled_softmax_loss(
-            query, pos, neg, log_scale=self.log_scale, query_ids=query_ids, pos_ids=pos_ids, neg_ids=neg_ids,
-            weights=weights, neg_mode=self.neg_mode, candidates=cand, candidate_ids=cand_ids,
-            candidate_query_ids=cand_query_ids, dims=self.dims, dim_weights=self.dim_weights, impl=self.impl,
-            return_components=True, **logq,
-        )  # fmt: skip
+        args = dict(log_scale=self.log_scale, query_ids=query_ids, pos_ids=pos_ids, neg_ids=neg_ids, weights=weights,
+                    neg_mode=self.neg_mode, candidates=cand, candidate_ids=cand_ids, candidate_query_ids=cand_query_ids,
+                    dims=self.dims, dim_weights=self.dim_weights, **logq)
+        if self.impl == "reference":
+            total, components = sampled_softmax_loss_ref(query, pos, neg, **args)
+        else:
+            out = sampled_softmax_loss(query, pos, neg, impl=self.impl, return_components=True, **args)
+            total, components = out.total, out.components
 
         unmasked: dict[str, torch.Tensor] = {}
         if uses_in_batch:
@@ -305,8 +321,8 @@ class SampledSoftmaxLoss(nn.Module):
             unmasked = {"mixed_concat": unmasked["in_batch"] + unmasked["random"]}
         scale = self.log_scale.detach().exp()
         return SampledSoftmaxLossResult(
-            total=out.total,
-            components={name: value.detach() for name, value in out.components.items()},
+            total=total,
+            components={name: value.detach() for name, value in components.items()},
             temperature=1.0 / scale,
             scale=scale,
             unmasked_negatives=unmasked,

@@ -153,6 +153,9 @@ class QueryTower(nn.Module):
             similarities (the zero-shot model); ``"default"``: torch's Linear init.
         output_dtype: cast before normalising (published ``torch.float16``); None keeps the dtype.
         freeze_encoder: keep the encoder's weights fixed (only the projection learns).
+        normalize_pooled: L2-normalise the pooled vector before the projection (what
+            sentence-transformers does for all-MiniLM-L6-v2); needed by :meth:`init_from_pca`,
+            whose centring is defined on unit vectors.
     """
 
     def __init__(
@@ -164,6 +167,7 @@ class QueryTower(nn.Module):
         init: str = "orthogonal",
         output_dtype: torch.dtype | None = None,
         freeze_encoder: bool = False,
+        normalize_pooled: bool = False,
     ) -> None:
         super().__init__()
         hidden = getattr(getattr(encoder, "config", None), "hidden_size", None)
@@ -186,6 +190,7 @@ class QueryTower(nn.Module):
         self.hidden_size = hidden
         self.output_dim = output_dim
         self.output_dtype = output_dtype
+        self.normalize_pooled = bool(normalize_pooled)
         self.proj = nn.Linear(hidden, output_dim)
         if init == "orthogonal":
             nn.init.orthogonal_(self.proj.weight)
@@ -201,7 +206,37 @@ class QueryTower(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"hidden_size={self.hidden_size}, output_dim={self.output_dim}, pooling={self.pooling_name}, "
-                f"output_dtype={self.output_dtype}")
+                f"normalize_pooled={self.normalize_pooled}, output_dtype={self.output_dtype}")
+
+    @torch.no_grad()
+    def init_from_pca(self, mean: torch.Tensor, components: torch.Tensor) -> None:
+        """Starts the embedding's first ``d`` dims as the legacy PCA projection of the pooled vector.
+
+        With ``normalize_pooled``, ``proj(x)[:d] = components · (x − mean)`` for the unit pooled
+        vector ``x``: the ``d``-prefix of the new query embedding is, at step 0, exactly the
+        pre-existing (fixed-tower) vector the same encoder gives the text (``LegacyVectors.project``),
+        so training starts from the zero-shot model on both the old and the new index instead of a
+        random rotation of it. PCA orders directions by variance, so the smaller Matryoshka
+        prefixes start as the top principal components. The other rows keep their init.
+
+        Args:
+            mean: (H,) PCA centre; components: (d, H) with ``d ≤ output_dim`` (rows = directions).
+
+        Raises:
+            ValueError: shapes that do not fit the encoder width or the output dim, or a tower
+                without ``normalize_pooled``.
+        """
+        if not self.normalize_pooled:
+            raise ValueError("init_from_pca needs normalize_pooled=True (the PCA centre is defined on unit vectors)")
+        if components.dim() != 2 or components.shape[1] != self.hidden_size or components.shape[0] > self.output_dim:
+            raise ValueError(f"components must be (d <= {self.output_dim}, {self.hidden_size}), "
+                             f"got {tuple(components.shape)}")
+        if mean.shape != (self.hidden_size,):
+            raise ValueError(f"mean must be ({self.hidden_size},), got {tuple(mean.shape)}")
+        d = components.shape[0]
+        c = components.to(self.proj.weight)
+        self.proj.weight[:d] = c
+        self.proj.bias[:d] = -(c @ mean.to(c))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Returns unit embeddings (B, output_dim) for token ids and mask, both (B, T) int64."""
@@ -210,6 +245,8 @@ class QueryTower(nn.Module):
                              f"and {tuple(attention_mask.shape)}")
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
         pooled = self.pool(hidden, attention_mask)
+        if self.normalize_pooled:
+            pooled = l2_normalize(pooled)
         out = self.proj(pooled)
         if self.output_dtype is not None:
             out = out.to(self.output_dtype)
@@ -397,6 +434,11 @@ class LearnedItemTower(nn.Module):
         output_dim: embedding size (published 512).
         output_dtype: cast before normalising (published ``torch.float16``); None keeps float32.
         bag: the text embedding bag (default: a published-size :class:`HashEmbeddingBag`).
+        skip_feature: None (published) or the name of a dense feature added to the MLP output
+            through ``Linear(width → output_dim)`` initialised to ``[I; 0]``, with the MLP's last
+            layer initialised to zero: at step 0 the tower returns that pre-existing vector
+            (zero-padded), and training learns a residual on it. On a small catalogue this keeps
+            what the pre-existing embedding already knows (e.g. titles) while the text bag learns.
     """
 
     def __init__(
@@ -408,6 +450,7 @@ class LearnedItemTower(nn.Module):
         output_dim: int = EMBEDDING_DIM,
         output_dtype: torch.dtype | None = None,
         bag: HashEmbeddingBag | None = None,
+        skip_feature: str | None = None,
     ) -> None:
         super().__init__()
         if isinstance(text_fields, str) or not text_fields:
@@ -432,6 +475,21 @@ class LearnedItemTower(nn.Module):
             width = h
         layers.append(nn.Linear(width, output_dim))
         self.mlp = nn.Sequential(*layers)
+        self.skip_feature = skip_feature
+        self.skip = None
+        if skip_feature is not None:
+            if skip_feature not in self.dense_features:
+                raise ValueError(f"skip_feature must be one of the dense features {sorted(self.dense_features)}, "
+                                 f"got {skip_feature!r}")
+            skip_width = self.dense_features[skip_feature]
+            if skip_width > output_dim:
+                raise ValueError(f"skip_feature {skip_feature!r} is {skip_width} wide, more than output_dim {output_dim}")
+            self.skip = nn.Linear(skip_width, output_dim, bias=False)
+            with torch.no_grad():
+                self.skip.weight.zero_()
+                self.skip.weight[:skip_width].copy_(torch.eye(skip_width))
+                nn.init.zeros_(layers[-1].weight)
+                nn.init.zeros_(layers[-1].bias)
 
     @classmethod
     def published(cls, output_dtype: torch.dtype | None = torch.float16, **kwargs) -> LearnedItemTower:
@@ -447,7 +505,7 @@ class LearnedItemTower(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"text_fields={len(self.text_fields)}, dense={self.dense_features}, visual={self.visual_features}, "
-                f"input_dim={self.input_dim}, output_dtype={self.output_dtype}")
+                f"input_dim={self.input_dim}, skip_feature={self.skip_feature}, output_dtype={self.output_dtype}")
 
     def _dense_input(self, features: Mapping[str, torch.Tensor], name: str, width: int, packed: bool) -> torch.Tensor:
         if name not in features:
@@ -480,13 +538,15 @@ class LearnedItemTower(nn.Module):
             if ids_key not in features or off_key not in features:
                 raise KeyError(f"features has no {ids_key!r}/{off_key!r} (this tower needs {self._needs()})")
             fields.append((features[ids_key], features[off_key]))
-        parts = [self.bag.forward_fields(fields)]
-        parts += [self._dense_input(features, n, w, packed=False) for n, w in self.dense_features.items()]
+        dense = {n: self._dense_input(features, n, w, packed=False) for n, w in self.dense_features.items()}
+        parts = [self.bag.forward_fields(fields), *dense.values()]
         parts += [self._dense_input(features, n, b, packed=True) for n, b in self.visual_features.items()]
         rows = {p.shape[0] for p in parts}
         if len(rows) != 1:
             raise ValueError(f"features disagree on the batch size: {sorted(rows)}")
         out = self.mlp(torch.cat(parts, dim=1))
+        if self.skip is not None:
+            out = out + self.skip(dense[self.skip_feature])
         if self.output_dtype is not None:
             out = out.to(self.output_dtype)
         return l2_normalize(out)
@@ -688,14 +748,17 @@ def build_recipe_model(
     hidden: Sequence[int] = MLP_HIDDEN,
     output_dim: int = EMBEDDING_DIM,
     output_dtype: torch.dtype | None = None,
+    legacy_skip: bool = False,
 ) -> OmniSearchSage:
     """Returns the container for the recipe catalogue: ``("query", "learned")`` = ``query_tower``;
     ``("item", "learned")`` = a :class:`LearnedItemTower` on the recipe text fields and the legacy
     vector (MLP ``256 + legacy_dim → 1024 → 1024 → output_dim`` by default); ``("item", "fixed")`` =
     a :class:`FixedTower` on the legacy vector (feature ``"legacy"``). ``output_dim`` must equal the
-    query tower's."""
+    query tower's. ``legacy_skip``: the learned tower starts as the legacy vector and learns a
+    residual on it (``LearnedItemTower(skip_feature="legacy")``)."""
     item = LearnedItemTower(text_fields=text_fields, dense_features={"legacy": legacy_dim}, bag=bag, hidden=hidden,
-                            output_dim=output_dim, output_dtype=output_dtype)
+                            output_dim=output_dim, output_dtype=output_dtype,
+                            skip_feature="legacy" if legacy_skip else None)
     towers = {QUERY_KEY: query_tower, ("item", LEARNED): item,
               ("item", "fixed"): FixedTower("legacy", dim=legacy_dim, output_dtype=output_dtype)}
     return OmniSearchSage(towers, loss)

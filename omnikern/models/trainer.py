@@ -224,8 +224,7 @@ class ContainerLoss(nn.Module):
 
     The container calls the loss once per candidate key in one forward. Each key gets its own
     :class:`SampledSoftmaxLoss` (own temperature and sketches, so each key's logQ totals are its
-    own; one shared module would also clamp its temperature in place between two calls of one
-    forward, which autograd rejects). Routing: a call without random negatives is the query →
+    own, as the published per-key losses have). Routing: a call without random negatives is the query →
     query task (``neg_mode="in_batch"``); with negatives, candidates of width ``learned_dim`` go
     to the learned item key, narrower ones to the fixed key.
 
@@ -269,7 +268,10 @@ def build_model(config: Config, data: RecipeData) -> nn.Module:
         from omnikern.models.frozen import CachedPrefixEncoder
 
         encoder = CachedPrefixEncoder(encoder, m.train_encoder_layers)
-    query = QueryTower(encoder, tokenizer=data.tokenizer, pooling=m.pooling, output_dim=m.output_dim)
+    query = QueryTower(encoder, tokenizer=data.tokenizer, pooling=m.pooling, output_dim=m.output_dim,
+                       normalize_pooled=m.legacy_init)
+    if m.legacy_init:
+        query.init_from_pca(data.legacy.mean, data.legacy.components)
     if not hasattr(encoder, "cache"):
         set_trainable_layers(query, m.train_encoder_layers)
     options = dict(temperature=lc.temperature, dims=lc.dims, dim_weights=lc.dim_weights,
@@ -283,7 +285,8 @@ def build_model(config: Config, data: RecipeData) -> nn.Module:
                          id_masking=lc.id_masking)
     bag = HashEmbeddingBag(num_buckets=m.hash_buckets, dim=m.text_dim, vocab_size=max(data.vocab_size, 1))
     model = build_recipe_model(query, loss, legacy_dim=config.data.legacy_dim,
-                               bag=bag, hidden=tuple(m.item_hidden), output_dim=m.output_dim)
+                               bag=bag, hidden=tuple(m.item_hidden), output_dim=m.output_dim,
+                               legacy_skip=m.legacy_init)
     return model
 
 
@@ -760,7 +763,7 @@ def export_for_serving(model: nn.Module, data: RecipeData, directory: str | Path
     tower = model.tower(QUERY_KEY)
     encoder = getattr(tower.encoder, "inner", tower.encoder)  # unwrap CachedPrefixEncoder
     plain = QueryTower(encoder, tokenizer=tower.tokenizer, pooling=tower.pooling_name, output_dim=tower.output_dim,
-                       output_dtype=tower.output_dtype)
+                       output_dtype=tower.output_dtype, normalize_pooled=tower.normalize_pooled)
     plain.proj.load_state_dict(tower.proj.state_dict())
     tower_dir = save_query_tower(plain.cpu().eval(), directory / "query_tower")
     embeddings = item_embeddings(model, data)["learned"]

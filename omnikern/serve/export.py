@@ -90,6 +90,7 @@ def save_query_tower(tower, directory: str | os.PathLike) -> Path:
         "version": _TOWER_VERSION,
         "encoder_config": encoder_config,
         "pooling": tower.pooling_name,
+        "normalize_pooled": tower.normalize_pooled,
         "output_dim": tower.output_dim,
         "output_dtype": None if tower.output_dtype is None else str(tower.output_dtype).removeprefix("torch."),
         "pad_id": tower.tokenizer.pad_id,
@@ -137,7 +138,8 @@ def load_query_tower(directory: str | os.PathLike, device: str | torch.device = 
         tokenizer.__setstate__(json.loads((directory / C.WORDPIECE_FILE).read_text(encoding="utf-8")))
     output_dtype = getattr(torch, config["output_dtype"]) if config.get("output_dtype") else None
     tower = QueryTower(encoder, tokenizer=tokenizer, pooling=config["pooling"], output_dim=int(config["output_dim"]),
-                       init="default", output_dtype=output_dtype)
+                       init="default", output_dtype=output_dtype,
+                       normalize_pooled=bool(config.get("normalize_pooled", False)))
     try:
         tower.load_state_dict(load_file(str(directory / C.TOWER_WEIGHTS_FILE)), strict=True)
     except RuntimeError as error:
