@@ -148,6 +148,26 @@ def test_onnx_fp16_output_tower(model, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=2e-3)
 
 
+def test_onnx_tower_that_normalises_the_pooled_vector(model, tmp_path):
+    """``normalize_pooled`` (the towers ``model.legacy_init`` trains) is in the graph: with a
+    bias in the projection, leaving it out would change the embedding."""
+    from omnikern.models.towers import QueryTower
+    from omnikern.serve.onnx_encoder import encoder_session, export_encoder_onnx
+
+    tower = QueryTower(model["tower"].encoder, tokenizer=model["tower"].tokenizer, normalize_pooled=True).eval()
+    tower.proj.load_state_dict(model["tower"].proj.state_dict())
+    with torch.no_grad():
+        tower.proj.bias.normal_(generator=torch.Generator().manual_seed(1))
+    encoded = tower.tokenize(TEXTS)
+    feeds = {C.INPUT_IDS: encoded["input_ids"].numpy(), C.ATTENTION_MASK: encoded["attention_mask"].numpy()}
+    got = encoder_session(export_encoder_onnx(tower, tmp_path / "unit.onnx")).run(None, feeds)[0]
+    want = _torch_embedding(tower, feeds[C.INPUT_IDS], feeds[C.ATTENTION_MASK])
+    np.testing.assert_allclose(got, want, atol=EMB_ATOL, rtol=0)
+    tower.normalize_pooled = False
+    unnormalised = _torch_embedding(tower, feeds[C.INPUT_IDS], feeds[C.ATTENTION_MASK])
+    assert np.abs(unnormalised - want).max() > 1e-3
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -50,12 +50,18 @@ class _TowerGraph(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         tower = self.tower
         hidden = tower.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
-        out = tower.proj(tower.pool(hidden, attention_mask))
+        pooled = tower.pool(hidden, attention_mask)
+        if tower.normalize_pooled:
+            pooled = _unit_rows(pooled)
+        out = tower.proj(pooled)
         if tower.output_dtype is not None:
             out = out.to(tower.output_dtype)
-        # y = x / max(‖x‖₂, eps), eps = 1e-12 as in omnikern.ops.l2_normalize.
-        norm = torch.linalg.vector_norm(out, dim=-1, keepdim=True).clamp_min(1e-12)
-        return (out / norm).float()
+        return _unit_rows(out).float()
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    # y = x / max(‖x‖₂, eps), eps = 1e-12 as in omnikern.ops.l2_normalize.
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def export_encoder_onnx(tower, path: str | os.PathLike) -> Path:
