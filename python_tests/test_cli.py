@@ -50,4 +50,5 @@ def test_loss_agreement_of_two_runs(tmp_path):
     assert agreement["steps_compared"] == 3 and agreement["max_abs_loss_delta"] == 0.5
     assert agreement["max_rel_loss_delta"] == 0.5 / 4.0
     assert agreement["recall10_delta"] == {"learned@256/category": pytest.approx(0.02), "learned@256/known_item": 0.0}
+    assert agreement["max_abs_recall10_delta_all_queries"] is None  # no pooled "all" rows here
     assert "0.0200" in format_agreement(agreement)
