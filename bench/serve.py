@@ -1,5 +1,5 @@
-"""Serving benchmark: throughput and p50/p90/p99 latency of the ``omnisearch`` ensemble on a real
-tritonserver, next to the in-process throughput of the same model on the same machine.
+"""Serving benchmark: throughput and p50/p90/p99 latency of ``omnisearch`` (the ensemble and the fused
+python model) on a real tritonserver, next to the in-process throughput of the same model on the same machine.
 
 The model: the zero-shot MiniLM query tower (tokenizer → 6-layer transformer → mean pool →
 projection to 512 → L2) and an int8 index of the recipe catalogue (3,129 rows; random unit vectors
