@@ -1,4 +1,6 @@
-"""Pieces shared by the generated python-backend models (``omnikern/serve/model_py/*.py``).
+"""Pieces shared by the generated python-backend models (``omnikern/serve/model_py/*.py``): the
+config parameters, the instance's device, and :func:`answer`, the request loop every model runs
+around its step (:mod:`omnikern.serve.steps`).
 
 Imported inside the Triton python-backend stub, next to ``triton_python_backend_utils``, which the
 callers pass in: this module must import without it.
@@ -7,6 +9,10 @@ callers pass in: this module must import without it.
 from __future__ import annotations
 
 import json
+
+import numpy as np
+
+from omnikern.serve.contract import RequestError
 
 
 def invalid_arg(pb_utils, message: str):
@@ -41,10 +47,6 @@ def answer(pb_utils, requests, inputs, check, run, outputs) -> list:
     ``run`` gets the checked items of all the others at once and returns one result per item: a
     tuple of arrays, sent as the tensors named ``outputs``, or a RequestError.
     """
-    import numpy as np
-
-    from omnikern.serve.contract import RequestError
-
     responses = [None] * len(requests)
     good, items = [], []
     for i, request in enumerate(requests):
