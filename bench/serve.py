@@ -1,5 +1,5 @@
-"""Serving benchmark: throughput and p50/p90/p99 latency of the ``omnisearch`` ensemble on a real
-tritonserver, next to the in-process throughput of the same model on the same machine.
+"""Serving benchmark: throughput and p50/p90/p99 latency of ``omnisearch`` (the ensemble and the fused
+python model) on a real tritonserver, next to the in-process throughput of the same model on the same machine.
 
 The model: the zero-shot MiniLM query tower (tokenizer → 6-layer transformer → mean pool →
 projection to 512 → L2) and an int8 index of the recipe catalogue (3,129 rows; random unit vectors
@@ -7,7 +7,10 @@ if the catalogue is not installed), k = 10. One query per request.
 
 Server: the repository from ``export_triton`` (dynamic batching, max batch 64), started on
 127.0.0.1, once per encoder runtime (``--encoder-runtime torch onnx``: the tower in torch, or
-exported to ONNX and run by onnxruntime); the load is a bounded tritonclient loop (perf_analyzer
+exported to ONNX and run by onnxruntime) and omnisearch pipeline (``--pipeline ensemble fused``:
+Triton's ensemble of the three step models, or the three steps in one python-backend model);
+``--rounds N`` alternates the pipelines N times (ensemble, fused, ensemble, ...) so that both see
+the same background load, and reports each round and the per-concurrency median. The load is a bounded tritonclient loop (perf_analyzer
 is not usable from PyPI here: ``pip install perf-analyzer`` finds only a 0.1.0 placeholder): ``c``
 threads, each with its own client, send requests back to back for ``--duration`` seconds or until
 ``--max-requests``, after a warm-up. In-process: the same tokenizer, the same encoder runtime and
@@ -16,7 +19,7 @@ dynamic batcher can form at concurrency ``c``); ``server_over_inprocess`` divide
 ``server_over_inprocess_torch`` by the torch in-process path. The JSON records the load average
 (``uptime``) before and after each variant: the 2 cores are shared.
 
-Reading the numbers (2 shared cores, tritonserver 2.51 CPU): each request crosses three python-backend
+Reading the numbers (2 shared cores, tritonserver 2.51 CPU): with the ensemble each request crosses three python-backend
 stubs (tokenizer, encoder, scorer), separate processes woken through shared memory; on a busy
 machine each hop costs about a millisecond (the scorer's execute takes 0.4 ms in process but 1.8 ms
 in the server at concurrency 1). The defaults (one instance and one thread per stub, a batcher
@@ -25,7 +28,8 @@ instance (OpenMP spin-waiting against the other stubs; onnxruntime without spinn
 slower; no delay lost throughput at 4 and 16, 500 µs lost it at 1 (numbers in export_triton's
 docstring). ``mean_batch`` shows what the dynamic batcher achieved.
 
-Usage: ``python bench/serve.py [--quick] [--protocol http|grpc] [--encoder-runtime torch onnx]``; writes
+Usage: ``python bench/serve.py [--quick] [--protocol http|grpc] [--encoder-runtime torch onnx]
+[--pipeline ensemble fused] [--rounds N]``; writes
 ``bench/results/serve-<device>.json`` and prints the table.
 """
 
@@ -160,7 +164,7 @@ def batch_stats(url: str) -> dict[str, tuple[int, int]]:
     return out
 
 
-def serve_points(repo: Path, args, duration: float) -> list[dict]:
+def serve_points(repo: Path, args, duration: float, pipeline: str) -> list[dict]:
     """Starts the server on ``repo`` and measures every concurrency; each point also carries the
     mean rows per execute() of each backend model (what the dynamic batcher achieved)."""
     from omnikern.serve import TritonServer
@@ -169,13 +173,14 @@ def serve_points(repo: Path, args, duration: float) -> list[dict]:
         url = server.url_grpc if args.protocol == "grpc" else server.url_http
         load_loop(url, args.protocol, 2, 2.0, 200)  # warm-up of every model instance
         served = []
+        backend_models = ("tokenizer", "query_encoder", "scorer") if pipeline == "ensemble" else ("omnisearch",)
         for c in args.concurrency:
             before = batch_stats(server.url_http)
             point = load_loop(url, args.protocol, c, duration, args.max_requests)
             after = batch_stats(server.url_http)
             point["mean_batch"] = {name: round((after[name][0] - before[name][0]) /
                                                max(1, after[name][1] - before[name][1]), 2)
-                                   for name in ("tokenizer", "query_encoder", "scorer") if name in after}
+                                   for name in backend_models if name in after}
             served.append(point)
     return served
 
@@ -201,6 +206,10 @@ def main() -> int:
                         help="module:Class of the index, here and in the server (for stand-ins)")
     parser.add_argument("--encoder-runtime", nargs="+", choices=("torch", "onnx"), default=["torch", "onnx"],
                         help="the encoder variants to measure, one server each (export_triton(encoder_runtime=))")
+    parser.add_argument("--pipeline", nargs="+", choices=("ensemble", "fused"), default=["ensemble", "fused"],
+                        help="omnisearch variants to measure, one server each (export_triton(pipeline=))")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate the pipelines this many times; rows report the median per concurrency")
     parser.add_argument("--out", default=None, help="results file (default bench/results/serve-<device>.json)")
     args = parser.parse_args()
     duration = args.duration or (3.0 if args.quick else 10.0)
@@ -233,35 +242,58 @@ def main() -> int:
 
         variants = {}
         for runtime in args.encoder_runtime:
-            repo = export_triton(tower, index_path, Path(tmp) / f"repo-{runtime}", encoder_runtime=runtime,
-                                 max_queue_delay_us=args.max_queue_delay_us, index_class=args.index_class,
-                                 torch_threads=args.threads, instance_count=args.instances,
-                                 instance_kind="KIND_GPU" if device == "cuda" else "KIND_CPU")
-            load = {"before": load_average()}
+            repos = {pipeline: export_triton(tower, index_path, Path(tmp) / f"repo-{runtime}-{pipeline}",
+                                             encoder_runtime=runtime, pipeline=pipeline,
+                                             max_queue_delay_us=args.max_queue_delay_us, index_class=args.index_class,
+                                             torch_threads=args.threads, instance_count=args.instances,
+                                             instance_kind="KIND_GPU" if device == "cuda" else "KIND_CPU")
+                     for pipeline in args.pipeline}
             # In process: the same tokenizer, the same encoder runtime (torch, or onnxruntime on the
-            # exported graph) and the same index; the server's number is compared with this one.
-            encode = in_process_encoder(tower, runtime, repo / "query_encoder" / "1" / "query_tower.onnx", args.threads)
+            # exported graph) and the same index; every server number is compared with this one.
+            first = repos[args.pipeline[0]]
+            onnx_path = first / "query_encoder" / "1" / "query_tower.onnx"
+            in_load = {"before": load_average()}
+            encode = in_process_encoder(tower, runtime, onnx_path, args.threads)
             local = [in_process(encode, index, c, duration, args.max_requests) for c in args.concurrency]
+            in_load["after"] = load_average()
             del encode  # the server gets the cores' attention
-            served = serve_points(repo, args, duration)
-            load["after"] = load_average()
-            variants[runtime] = {"rows": [_row(mine, theirs) for mine, theirs in zip(served, local)], "load_average": load}
+            rounds = {pipeline: [] for pipeline in args.pipeline}
+            for _ in range(args.rounds):
+                for pipeline in args.pipeline:  # interleaved: both see the same background load
+                    load = {"before": load_average()}
+                    served = serve_points(repos[pipeline], args, duration, pipeline)
+                    load["after"] = load_average()
+                    rounds[pipeline].append({"rows": [_row(mine, theirs) for mine, theirs in zip(served, local)],
+                                             "load_average": load})
+            for pipeline, runs in rounds.items():
+                median = []
+                for j, c in enumerate(args.concurrency):
+                    points = sorted((r["rows"][j] for r in runs), key=lambda r: r["server_qps"])
+                    median.append(points[len(points) // 2])
+                variants[f"{runtime}/{pipeline}"] = {"encoder_runtime": runtime, "pipeline": pipeline, "rows": median,
+                                                     "rounds": runs, "inprocess_load_average": in_load}
 
-    torch_local = {r["inprocess_batch"]: r["inprocess_qps"] for r in variants.get("torch", {}).get("rows", [])}
-    for runtime, variant in variants.items():
-        print(f"\nencoder runtime {runtime} (load average before/after: {variant['load_average']})")
+    torch_local = {}
+    for variant in variants.values():
+        if variant["encoder_runtime"] == "torch":
+            torch_local = {r["inprocess_batch"]: r["inprocess_qps"] for r in variant["rows"]}
+    for name, variant in variants.items():
+        print(f"\n{name}: encoder runtime {variant['encoder_runtime']}, omnisearch {variant['pipeline']}; "
+              f"median of {len(variant['rounds'])} round(s); load average before/after each round: "
+              f"{[r['load_average'] for r in variant['rounds']]}")
         print(f"{'conc':>4} {'server q/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'fail':>5} "
-              f"{'in-proc q/s':>11} {'ratio':>6}  mean rows per execute")
-        for r in variant["rows"]:
+              f"{'in-proc q/s':>11} {'ratio':>6}  q/s per round; mean rows per execute")
+        for j, r in enumerate(variant["rows"]):
             if r["inprocess_batch"] in torch_local:
                 r["server_over_inprocess_torch"] = r["server_qps"] / torch_local[r["inprocess_batch"]]
+            per_round = [round(run["rows"][j]["server_qps"], 1) for run in variant["rounds"]]
             print(f"{r['server_concurrency']:>4} {r['server_qps']:>10.1f} {r['server_p50_ms']:>8.1f} "
                   f"{r['server_p90_ms']:>8.1f} {r['server_p99_ms']:>8.1f} {r['server_failures']:>5} "
-                  f"{r['inprocess_qps']:>11.1f} {r['server_over_inprocess']:>6.2f}  {r['server_mean_batch']}")
+                  f"{r['inprocess_qps']:>11.1f} {r['server_over_inprocess']:>6.2f}  {per_round}; {r['server_mean_batch']}")
     result = {"environment": env, "protocol": args.protocol, "seconds_per_point": duration,
               "max_queue_delay_us": args.max_queue_delay_us, "index_rows": args.index_rows,
               "threads": args.threads, "instances": args.instances, "cpu_count": os.cpu_count(),
-              "encoder_runtimes": variants}
+              "rounds": args.rounds, "variants": variants}
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"serve-{device_slug(env['device'])}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".json.tmp")

@@ -45,7 +45,7 @@ def _cmd_export_triton(args: argparse.Namespace) -> int:
         return 2
     options = {"max_batch_size": args.max_batch_size, "instance_kind": args.instance_kind,
                "instance_count": args.instance_count, "k_default": args.k, "overwrite": args.overwrite,
-               "encoder_runtime": args.encoder_runtime}
+               "encoder_runtime": args.encoder_runtime, "pipeline": args.pipeline}
     with tempfile.TemporaryDirectory(prefix="omnikern-export-") as tmp:
         if args.zero_shot:
             tower = zero_shot_tower()
@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--encoder-runtime", choices=("auto", "torch", "onnx"), default="auto",
                         help="run the query encoder with torch, or as an ONNX graph in onnxruntime (CPU only); "
                         "auto (default): onnx for KIND_CPU, torch for KIND_GPU")
+    export.add_argument("--pipeline", choices=("ensemble", "fused"), default="ensemble",
+                        help="omnisearch as an ensemble of the tokenizer, encoder and scorer models (default), or "
+                        "fused: one python-backend model running the three steps in one process")
     export.add_argument("--overwrite", action="store_true", help="replace the models of an existing repository")
     export.set_defaults(func=_cmd_export_triton)
 

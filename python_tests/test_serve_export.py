@@ -2,7 +2,9 @@
 
 A module-scoped fixture builds the MiniLM query tower (zero-shot, orthogonal projection to 512),
 an int8 index of 300 random unit vectors, exports them with max batch size 8 and starts the real
-server, which is always stopped (its whole process group) at the end.
+server, which is always stopped (its whole process group) at the end. A second repository from the
+same tower and index with ``pipeline="fused"`` (omnisearch as one python-backend model) runs in a
+second server; the parity, error and burst tests run against both ``omnisearch`` variants.
 
 Tolerances: the server runs the same fp32 weights on the same CPU, but its dynamic batches pad
 token rows to other widths than the in-process call does, which changes float rounding only:
@@ -76,9 +78,34 @@ def server(model):
     yield from running_server(model["repo"], startup_timeout_s=120)
 
 
+@pytest.fixture(scope="module")
+def fused_repo(model):
+    return export_triton(model["tower"], model["tmp"] / "index.safetensors", model["tmp"] / "repo-fused",
+                         max_batch_size=MAX_BATCH, encoder_runtime="torch", pipeline="fused")
+
+
+@pytest.fixture(scope="module")
+def fused_server(fused_repo):
+    yield from running_server(fused_repo, startup_timeout_s=120)
+
+
+@pytest.fixture(scope="module", params=C.PIPELINES)
+def pipeline_server(request):
+    """The server whose omnisearch is the ensemble, then the one whose omnisearch is fused."""
+    return request.getfixturevalue("server" if request.param == "ensemble" else "fused_server")
+
+
 @pytest.fixture(scope="module", params=["http", "grpc"])
 def client(request, server):
     url = server.url_http if request.param == "http" else server.url_grpc
+    with Client(url, protocol=request.param) as c:
+        yield c
+
+
+@pytest.fixture(scope="module", params=["http", "grpc"])
+def search_client(request, pipeline_server):
+    """A client of each protocol for each omnisearch pipeline."""
+    url = pipeline_server.url_http if request.param == "http" else pipeline_server.url_grpc
     with Client(url, protocol=request.param) as c:
         yield c
 
@@ -282,15 +309,68 @@ def test_scorer_execute_per_request_k(model, monkeypatch):
         assert out[C.IDS].dtype == np.int64 and out[C.SCORES].dtype == np.float32
 
 
+def test_fused_repository_layout(model, fused_repo):
+    """pipeline="fused": omnisearch is one python-backend model holding every step's files and
+    parameters; the three step models and the encode ensemble are still there."""
+    config = (fused_repo / C.OMNISEARCH / "config.pbtxt").read_text()
+    assert 'backend: "python"' in config and "ensemble" not in config and "dynamic_batching {" in config
+    assert '{ name: "k" data_type: TYPE_INT32 dims: [ 1 ] optional: true }' in config
+    for key in ("pad_to", "max_text_bytes", "encoder_runtime", "k_default", "max_k", "index_class", "torch_threads"):
+        assert f'key: "{key}"' in config, key
+    version = fused_repo / C.OMNISEARCH / "1"
+    for name in ("model.py", C.WORDPIECE_FILE, C.TOWER_CONFIG_FILE, C.TOWER_WEIGHTS_FILE, C.INDEX_FILE):
+        assert (version / name).is_file(), name
+    assert (version / C.INDEX_FILE).read_bytes() == (model["tmp"] / "index.safetensors").read_bytes()
+    assert 'platform: "ensemble"' in (fused_repo / C.ENCODE / "config.pbtxt").read_text()
+    for name in (C.TOKENIZER, C.QUERY_ENCODER, C.SCORER):
+        assert (fused_repo / name / "1" / "model.py").is_file()
+    assert "in one stub (fused)" in (fused_repo / "README.txt").read_text()
+    with pytest.raises(ValueError, match="pipeline"):
+        export_triton(model["tower"], model["tmp"] / "index.safetensors", model["tmp"] / "x", pipeline="chain")
+
+
+def test_fused_execute_answers_each_request(model, fused_repo, monkeypatch):
+    """The fused model.py in-process: one execute() over good and bad requests; each bad one gets
+    its own INVALID_ARG (from whichever step refuses it), the good ones the in-process results
+    with their own k."""
+    module, pb = _load_model_py(fused_repo / C.OMNISEARCH / "1" / "model.py", monkeypatch)
+    instance = module.TritonPythonModel()
+    params = {"pad_to": "9", "max_text_bytes": "32", "k_default": "4", "max_k": "50", "encoder_runtime": "torch",
+              "torch_threads": "1"}
+    instance.initialize({"model_config": json.dumps({"parameters": {k: {"string_value": v} for k, v in params.items()}})})
+
+    def request(rows, k=None):
+        r = {C.TEXT: pb.Tensor(C.TEXT, _text(rows))}
+        if k is not None:
+            r[C.K] = pb.Tensor(C.K, np.full((len(rows), 1), k, np.int32))
+        return r
+
+    requests = [request(["tomato soup"], 3), request(["x" * 33]), request(["crème brûlée", ""]), request(["pie"], 0),
+                request(["a b c d e f g h"]), {C.K: pb.Tensor(C.K, np.ones((1, 1), np.int32))},
+                request(["ramen"], 51), {C.TEXT: pb.Tensor(C.TEXT, np.ones((1, 1), np.float32))}, request(["chili"], 50)]
+    responses = instance.execute(requests)
+    assert len(responses) == len(requests)
+    for i, match in ((1, "33 bytes, the limit is 32"), (3, "1..50, got 0"), (4, "10 tokens, the limit is 9"),
+                     (5, "missing"), (6, "got 51"), (7, "BYTES")):
+        assert responses[i].error.code == pb.TritonError.INVALID_ARG and match in responses[i].error.message, i
+    for i, rows, k in ((0, ["tomato soup"], 3), (2, ["crème brûlée", ""], 4), (8, ["chili"], 50)):
+        assert responses[i].error is None, i
+        out = {t.name: t.array for t in responses[i].output_tensors}
+        _, scores, ids = _expected(model, rows, k)
+        np.testing.assert_array_equal(out[C.IDS], ids)
+        np.testing.assert_allclose(out[C.SCORES], scores, atol=SCORE_ATOL, rtol=0)
+        assert out[C.IDS].dtype == np.int64 and out[C.SCORES].dtype == np.float32
+
+
 # ---------------------------------------------------------------------------------------------
 # The real server, over HTTP and gRPC
 # ---------------------------------------------------------------------------------------------
 
 
-def test_search_matches_in_process(model, client):
+def test_search_matches_in_process(model, search_client):
     """Ids equal and scores within 1e-4 of tower.encode + index.search, for 19 texts (3 requests of
-    <= 8 rows), non-ASCII, empty and whitespace-only rows included."""
-    scores, ids = client.search(TEXTS, k=10)
+    <= 8 rows), non-ASCII, empty and whitespace-only rows included; ensemble and fused omnisearch."""
+    scores, ids = search_client.search(TEXTS, k=10)
     _, expected_scores, expected_ids = _expected(model, TEXTS, 10)
     assert scores.shape == ids.shape == (len(TEXTS), 10) and scores.dtype == np.float32 and ids.dtype == np.int64
     np.testing.assert_array_equal(ids, expected_ids)
@@ -301,10 +381,10 @@ def test_search_matches_in_process(model, client):
     assert gaps.min() > 1e-5, gaps.min()
 
 
-def test_default_k_and_k_beyond_index(model, client):
-    scores, ids = client.search(TEXTS[:3])
+def test_default_k_and_k_beyond_index(model, search_client):
+    scores, ids = search_client.search(TEXTS[:3])
     assert ids.shape == (3, 10)  # the exported k_default
-    scores, ids = client.search(TEXTS[:2], k=INDEX_ROWS + 5)
+    scores, ids = search_client.search(TEXTS[:2], k=INDEX_ROWS + 5)
     _, expected_scores, expected_ids = _expected(model, TEXTS[:2], INDEX_ROWS + 5)
     np.testing.assert_array_equal(ids, expected_ids)
     assert (ids[:, INDEX_ROWS:] == -1).all() and np.isneginf(scores[:, INDEX_ROWS:]).all()
@@ -358,6 +438,7 @@ MALFORMED = {
     "wrong dtype": (C.OMNISEARCH, [(C.TEXT, np.ones((1, 1), np.float32), "FP32")], "data-type|datatype|FP32"),
     "wrong shape": (C.OMNISEARCH, [(C.TEXT, _text(["a", "b"]).reshape(1, 2), "BYTES")], "shape"),
     # An ensemble does not check its required inputs itself: its first step never runs (Triton's words).
+    # (The fused omnisearch is a backend model: Triton itself names the missing input.)
     "missing input": (C.OMNISEARCH, [(C.K, np.ones((1, 1), np.int32), "INT32")], "text|output is not set"),
     "missing input (model)": (C.QUERY_ENCODER, [(C.INPUT_IDS, np.ones((1, 3), np.int64), "INT64")],
                               "attention_mask|inputs"),
@@ -379,9 +460,10 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_malformed_requests_get_errors_and_server_keeps_answering(model, server, protocol):
+def test_malformed_requests_get_errors_and_server_keeps_answering(model, pipeline_server, protocol):
     from tritonclient.utils import InferenceServerException
 
+    server = pipeline_server
     module, raw = _raw(server, protocol)
     try:
         for case, (target, inputs, match) in MALFORMED.items():
@@ -396,12 +478,12 @@ def test_malformed_requests_get_errors_and_server_keeps_answering(model, server,
     assert server.is_alive()
 
 
-def test_concurrent_burst_with_bad_requests(model, server):
+def test_concurrent_burst_with_bad_requests(model, pipeline_server):
     """Requests that meet in one dynamic batch: the bad ones fail alone, the good ones are right."""
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    raw = httpclient.InferenceServerClient(server.url_http, concurrency=8)
+    raw = httpclient.InferenceServerClient(pipeline_server.url_http, concurrency=8)
     try:
         rows = [["tomato soup"], ["x" * (C.MAX_TEXT_BYTES + 1)], ["crème brûlée", "ramen"], ["pie"],
                 ["y" * (C.MAX_TEXT_BYTES + 7)], ["scones", "gazpacho", ""], ["borscht"], ["chili"]]
@@ -524,6 +606,17 @@ def test_cli_export_from_checkpoint(model, tmp_path, capsys):
     assert "omnikern serve --model-repo" in capsys.readouterr().out
     assert main(["export-triton", "--out", str(tmp_path / "x")]) == 2  # neither --checkpoint nor --zero-shot
     assert main(["export-triton", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x")]) == 2  # no --index
+
+
+def test_cli_export_fused_pipeline(model, tmp_path):
+    from omnikern.cli import main
+
+    checkpoint = save_query_tower(model["tower"], tmp_path / "ckpt")
+    out = tmp_path / "repo"
+    assert main(["export-triton", "--checkpoint", str(checkpoint), "--index", str(model["tmp"] / "index.safetensors"),
+                 "--out", str(out), "--encoder-runtime", "torch", "--pipeline", "fused"]) == 0
+    assert 'backend: "python"' in (out / C.OMNISEARCH / "config.pbtxt").read_text()
+    assert (out / C.OMNISEARCH / "1" / "model.py").is_file()
 
 
 def test_cli_serve_stops_cleanly_on_ctrl_c(model):

@@ -39,7 +39,7 @@ import numpy as np
 TOKENIZER = "tokenizer"
 QUERY_ENCODER = "query_encoder"
 SCORER = "scorer"
-OMNISEARCH = "omnisearch"  # ensemble: text (+ k) -> scores, ids
+OMNISEARCH = "omnisearch"  # ensemble or fused python model: text (+ k) -> scores, ids
 ENCODE = "encode"  # ensemble: text -> embedding
 
 # ---- tensor names ----
@@ -69,6 +69,11 @@ MAX_K = 1000
 
 # ---- encoder runtimes (export_triton(encoder_runtime=...)) ----
 ENCODER_RUNTIMES = ("torch", "onnx")
+
+# ---- how omnisearch runs (export_triton(pipeline=...)) ----
+# "ensemble": Triton chains the tokenizer, query_encoder and scorer models (three stubs);
+# "fused": one python-backend model runs the same three steps in one stub.
+PIPELINES = ("ensemble", "fused")
 
 
 class RequestError(ValueError):

@@ -11,8 +11,15 @@ What :func:`export_triton` writes (names and shapes: :mod:`omnikern.serve.contra
                                      or + query_tower.onnx instead of the weights (encoder_runtime="onnx")
       scorer/config.pbtxt            python backend: embedding (+ k) -> scores, ids (int8 index, top-k)
       scorer/1/model.py              + index.safetensors (Int8Index.save)
-      omnisearch/config.pbtxt        ensemble: tokenizer -> query_encoder -> scorer
+      omnisearch/config.pbtxt        ensemble: tokenizer -> query_encoder -> scorer (pipeline="ensemble"),
+                                     or python backend: all three steps in one stub (pipeline="fused")
+      omnisearch/1/model.py          (fused only) + the files of the three steps above
       encode/config.pbtxt            ensemble: tokenizer -> query_encoder
+
+The fused ``omnisearch`` runs the same step code (:mod:`omnikern.serve.steps`) as the three models,
+with the same inputs, outputs, limits and error responses; it saves the two hand-overs between
+stub processes that each ensemble request pays. The three models and the ``encode`` ensemble are
+written either way.
 
 Every backend model has dynamic batching (one ``execute`` serves many requests: they are
 concatenated, run once and split back, one response per request, a bad request answered with its
@@ -172,7 +179,7 @@ def _ensemble_pbtxt(name: str, inputs: Sequence[TensorSpec], outputs: Sequence[T
 
 
 def _readme(max_batch_size: int, instance_kind: str, k_default: int, max_k: int, dim: int, count: int,
-            pad_to: int, torch_threads: int, encoder_runtime: str) -> str:
+            pad_to: int, torch_threads: int, encoder_runtime: str, pipeline: str) -> str:
     import omnikern
 
     try:
@@ -197,7 +204,9 @@ Models
                  runtime: {runtime}
   scorer         python backend, {instance_kind}  embedding (+ optional k INT32 [B,1]) -> scores FP32, ids INT64 [B,k]
                  int8 index of {count} rows, k default {k_default}, k in 1..{max_k}
-  omnisearch     ensemble: text (+ k) -> scores, ids
+  omnisearch     {"ensemble: tokenizer -> query_encoder -> scorer" if pipeline == "ensemble" else
+                  f"python backend, {instance_kind}: tokenizer + query_encoder + scorer in one stub (fused)"}
+                 text (+ k) -> scores, ids
   encode         ensemble: text -> embedding
   max batch size {max_batch_size} for every model; dynamic batching on every backend model.
   Queries are at most {pad_to} tokens (the tokenizer's max length); every row is padded to {pad_to} so that the dynamic
@@ -234,6 +243,7 @@ def export_triton(
     max_queue_delay_us: int = 100,
     torch_threads: int = 1,
     encoder_runtime: str = "auto",
+    pipeline: str = "ensemble",
     index_class: str = "omnikern:Int8Index",
     version: int = 1,
     overwrite: bool = False,
@@ -267,6 +277,10 @@ def export_triton(
             ``"auto"`` (the default): ``"onnx"`` for ``KIND_CPU``, ``"torch"`` for ``KIND_GPU``.
             On this 2-core CPU the onnx server was faster at every concurrency measured
             (README, ``bench/serve.py``).
+        pipeline: how ``omnisearch`` runs: ``"ensemble"`` (Triton chains the tokenizer, encoder
+            and scorer models, three python-backend stubs) or ``"fused"`` (one python-backend
+            model running the three steps in one stub, with the tokenizer's, encoder's and
+            scorer's files and parameters; same inputs, outputs and errors).
         index_class: ``"module:Class"`` the scorer loads the index with (``Class.load(path, device=)``).
         version: the version directory the models are written to.
         overwrite: replace the five models of an existing repository.
@@ -281,6 +295,8 @@ def export_triton(
         raise ValueError(f"instance_kind must be one of {_INSTANCE_KINDS}, got {instance_kind!r}")
     if encoder_runtime not in ("auto", *C.ENCODER_RUNTIMES):
         raise ValueError(f"encoder_runtime must be one of {('auto', *C.ENCODER_RUNTIMES)}, got {encoder_runtime!r}")
+    if pipeline not in C.PIPELINES:
+        raise ValueError(f"pipeline must be one of {C.PIPELINES}, got {pipeline!r}")
     if encoder_runtime == "auto":
         encoder_runtime = "onnx" if instance_kind == "KIND_CPU" else "torch"
     if encoder_runtime == "onnx" and instance_kind != "KIND_CPU":
@@ -349,37 +365,53 @@ def export_triton(
     def model_py(name: str) -> str:
         return (_MODEL_PY_DIR / f"{name}.py").read_text(encoding="utf-8")
 
+    # Each step's parameters; the fused omnisearch gets all three sets.
+    tokenizer_params = {"max_text_bytes": str(C.MAX_TEXT_BYTES), "threads": str(torch_threads), "pad_to": str(pad_to)}
+    encoder_params = {"torch_threads": str(torch_threads), "encoder_runtime": encoder_runtime}
+    scorer_params = {"k_default": str(k_default), "max_k": str(max_k), "index_class": index_class,
+                     "torch_threads": str(torch_threads)}
     copy_file_atomic(encoder_dir / C.WORDPIECE_FILE, out_dir / C.TOKENIZER / str(version) / C.WORDPIECE_FILE)
     write_model(out_dir, ModelConfig(
         name=C.TOKENIZER, inputs=[text], outputs=[ids, mask], max_batch_size=max_batch_size,
-        dynamic_batching=batching, instance_kind="KIND_CPU", parameters={"max_text_bytes": str(C.MAX_TEXT_BYTES), "threads": str(torch_threads),
-                    "pad_to": str(pad_to)},
+        dynamic_batching=batching, instance_kind="KIND_CPU", parameters=tokenizer_params,
     ), model_py(C.TOKENIZER), version=version)
     write_model(out_dir, ModelConfig(
         name=C.QUERY_ENCODER, inputs=[ids, mask], outputs=[embedding], max_batch_size=max_batch_size,
         dynamic_batching=batching, instance_kind=instance_kind, instance_count=instance_count,
-        parameters={"torch_threads": str(torch_threads), "encoder_runtime": encoder_runtime},
+        parameters=encoder_params,
     ), model_py(C.QUERY_ENCODER), version=version)
     copy_file_atomic(index_path, out_dir / C.SCORER / str(version) / C.INDEX_FILE)
     write_model(out_dir, ModelConfig(
         name=C.SCORER, inputs=[embedding, k], outputs=[scores_out, ids_out], max_batch_size=max_batch_size,
         dynamic_batching=batching, instance_kind=instance_kind, instance_count=instance_count,
-        parameters={"k_default": str(k_default), "max_k": str(max_k), "index_class": index_class,
-                    "torch_threads": str(torch_threads)},
+        parameters=scorer_params,
     ), model_py(C.SCORER), version=version)
+    if pipeline == "fused":
+        # One python-backend omnisearch with a copy of every file the three steps read (the model
+        # directories stay self-contained: Triton may load a model from a copy of its directory).
+        fused_dir = out_dir / C.OMNISEARCH / str(version)
+        for source in [encoder_dir / name for name in
+                       (C.WORDPIECE_FILE, C.TOWER_CONFIG_FILE, C.TOWER_WEIGHTS_FILE, C.ENCODER_ONNX_FILE)] + [index_path]:
+            if source.is_file():
+                copy_file_atomic(source, fused_dir / (C.INDEX_FILE if source == index_path else source.name))
+        write_model(out_dir, ModelConfig(
+            name=C.OMNISEARCH, inputs=[text, k], outputs=[scores_out, ids_out], max_batch_size=max_batch_size,
+            dynamic_batching=batching, instance_kind=instance_kind, instance_count=instance_count,
+            parameters={**tokenizer_params, **encoder_params, **scorer_params},
+        ), model_py(C.OMNISEARCH), version=version)
 
     tokenize_step = (C.TOKENIZER, {C.TEXT: C.TEXT}, {C.INPUT_IDS: C.INPUT_IDS, C.ATTENTION_MASK: C.ATTENTION_MASK})
     encode_step = (C.QUERY_ENCODER, {C.INPUT_IDS: C.INPUT_IDS, C.ATTENTION_MASK: C.ATTENTION_MASK},
                    {C.EMBEDDING: C.EMBEDDING})
     score_step = (C.SCORER, {C.EMBEDDING: C.EMBEDDING, C.K: C.K}, {C.SCORES: C.SCORES, C.IDS: C.IDS})
-    for name, inputs, outputs, steps in (
-        (C.OMNISEARCH, [text, k], [scores_out, ids_out], [tokenize_step, encode_step, score_step]),
-        (C.ENCODE, [text], [embedding], [tokenize_step, encode_step]),
-    ):
+    ensembles = [(C.ENCODE, [text], [embedding], [tokenize_step, encode_step])]
+    if pipeline == "ensemble":
+        ensembles.insert(0, (C.OMNISEARCH, [text, k], [scores_out, ids_out], [tokenize_step, encode_step, score_step]))
+    for name, inputs, outputs, steps in ensembles:
         (out_dir / name / str(version)).mkdir(parents=True, exist_ok=True)  # ensembles need an (empty) version dir
         write_text_atomic(out_dir / name / "config.pbtxt", _ensemble_pbtxt(name, inputs, outputs, max_batch_size, steps))
     write_text_atomic(out_dir / "README.txt", _readme(max_batch_size, instance_kind, k_default, max_k, dim, index_count,
-                                                          pad_to, torch_threads, encoder_runtime))
+                                                          pad_to, torch_threads, encoder_runtime, pipeline))
     return out_dir
 
 
