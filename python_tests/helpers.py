@@ -58,3 +58,22 @@ def running_server(repo, startup_timeout_s: float):
         triton.stop()
         if pgid is not None:
             assert_group_gone(pgid)
+
+
+def minilm_tower_and_index(directory, rows: int):
+    """The serving tests' model: the MiniLM query tower with a seeded projection (zero-shot) and an
+    Int8Index of ``rows`` seeded random unit vectors (ids ``i·1000 + 7``) saved as
+    ``directory/index.safetensors``. Returns ``(tower, index)``."""
+    from omnikern import Int8Index
+    from omnikern.models.towers import QueryTower, minilm_path
+    from omnikern.text.wordpiece import WordPieceTokenizer
+
+    tokenizer = WordPieceTokenizer.from_tokenizer_json(minilm_path() / "tokenizer.json")
+    torch.manual_seed(0)
+    tower = QueryTower.from_pretrained(tokenizer=tokenizer).eval()
+    index = Int8Index(tower.output_dim)
+    generator = torch.Generator().manual_seed(1)
+    index.add(torch.nn.functional.normalize(torch.randn(rows, tower.output_dim, generator=generator), dim=1),
+              torch.arange(rows, dtype=torch.int64) * 1000 + 7)
+    index.save(directory / "index.safetensors")
+    return tower, index

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import running_server
+from helpers import minilm_tower_and_index, running_server
 
 from omnikern import Int8Index
 from omnikern.serve import (
@@ -56,17 +56,8 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from omnikern.models.towers import QueryTower, minilm_path
-    from omnikern.text.wordpiece import WordPieceTokenizer
-
     tmp = tmp_path_factory.mktemp("export")
-    tokenizer = WordPieceTokenizer.from_tokenizer_json(minilm_path() / "tokenizer.json")
-    torch.manual_seed(0)
-    tower = QueryTower.from_pretrained(tokenizer=tokenizer).eval()
-    index = Int8Index(tower.output_dim)
-    vectors = torch.nn.functional.normalize(torch.randn(INDEX_ROWS, tower.output_dim, generator=torch.Generator().manual_seed(1)), dim=1)
-    index.add(vectors, torch.arange(INDEX_ROWS, dtype=torch.int64) * 1000 + 7)
-    index.save(tmp / "index.safetensors")
+    tower, index = minilm_tower_and_index(tmp, INDEX_ROWS)
     # The torch encoder here (test_serve_onnx.py serves the onnx one, the CPU default).
     repo = export_triton(tower, tmp / "index.safetensors", tmp / "repo", max_batch_size=MAX_BATCH,
                          encoder_runtime="torch")

@@ -15,9 +15,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import running_server
+from helpers import minilm_tower_and_index, running_server
 
-from omnikern import Int8Index
 from omnikern.serve import Client, export_triton, save_query_tower
 from omnikern.serve import contract as C
 
@@ -40,18 +39,8 @@ TEXTS = ["tomato soup", "crème brûlée", "日本のラーメン", "", "a " * 4
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from omnikern.models.towers import QueryTower, minilm_path
-    from omnikern.text.wordpiece import WordPieceTokenizer
-
     tmp = tmp_path_factory.mktemp("onnx")
-    tokenizer = WordPieceTokenizer.from_tokenizer_json(minilm_path() / "tokenizer.json")
-    torch.manual_seed(0)
-    tower = QueryTower.from_pretrained(tokenizer=tokenizer).eval()
-    index = Int8Index(tower.output_dim)
-    vectors = torch.nn.functional.normalize(torch.randn(INDEX_ROWS, tower.output_dim,
-                                                        generator=torch.Generator().manual_seed(1)), dim=1)
-    index.add(vectors, torch.arange(INDEX_ROWS, dtype=torch.int64) * 1000 + 7)
-    index.save(tmp / "index.safetensors")
+    tower, index = minilm_tower_and_index(tmp, INDEX_ROWS)
     repo = export_triton(tower, tmp / "index.safetensors", tmp / "repo", max_batch_size=MAX_BATCH,
                          encoder_runtime="onnx")
     return {"tower": tower, "index": index, "repo": repo, "tmp": tmp}
