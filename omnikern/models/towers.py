@@ -243,14 +243,20 @@ class QueryTower(nn.Module):
         if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
             raise ValueError(f"input_ids and attention_mask must both be (B, T), got {tuple(input_ids.shape)} "
                              f"and {tuple(attention_mask.shape)}")
+        return self.embed(input_ids, attention_mask)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              normalize: Callable[[torch.Tensor], torch.Tensor] = l2_normalize) -> torch.Tensor:
+        """:meth:`forward` without the shape check, with the L2 step passed in: exporters give a
+        plain-torch one (``omnikern.serve.onnx_encoder``), since the fused op has no ONNX form."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
         pooled = self.pool(hidden, attention_mask)
         if self.normalize_pooled:
-            pooled = l2_normalize(pooled)
+            pooled = normalize(pooled)
         out = self.proj(pooled)
         if self.output_dtype is not None:
             out = out.to(self.output_dtype)
-        return l2_normalize(out)
+        return normalize(out)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Returns ``{"input_ids", "attention_mask"}`` int64 tensors (B, T) on this tower's device."""

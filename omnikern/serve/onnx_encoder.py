@@ -6,14 +6,15 @@ The graph is the whole tower after the tokenizer::
     input_ids, attention_mask  INT64 (B, T)
       -> transformer -> token states (B, T, H)
       -> pooling ("mean": Σ_t m_t h_t / max(Σ_t m_t, 1e-9); "cls": h_0)
+      -> L2 of the pooled vector (only for towers with ``normalize_pooled``)
       -> projection Linear(H -> D) -> cast to the tower's output dtype
       -> L2: y = x / max(‖x‖₂, 1e-12)
       -> embedding FP32 (B, D)
 
 with dynamic B and T. It is traced once at export time with torch's TorchScript-based exporter
 (``torch.onnx.export(..., dynamo=False)``, which needs only the ``onnx`` package). The tower's own
-L2 step is omnikern's ``l2_normalize`` custom op, which no exporter knows; the graph spells out the
-same formula in plain torch ops (``omnikern.ops.reference.l2_normalize_ref`` computes it in float64;
+L2 step is omnikern's ``l2_normalize`` custom op, which no exporter knows; the graph is the tower's
+own ``QueryTower.embed`` with that step spelled out in plain torch ops (``omnikern.ops.reference.l2_normalize_ref`` computes it in float64;
 here it runs in the output dtype, as the torch path does on CPU).
 
 Measured on this 2-core CPU (MiniLM-L6, one thread, one query of 5 tokens): 2.3 ms per query with
@@ -48,15 +49,7 @@ class _TowerGraph(nn.Module):
         self.tower = tower
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        tower = self.tower
-        hidden = tower.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
-        pooled = tower.pool(hidden, attention_mask)
-        if tower.normalize_pooled:
-            pooled = _unit_rows(pooled)
-        out = tower.proj(pooled)
-        if tower.output_dtype is not None:
-            out = out.to(tower.output_dtype)
-        return _unit_rows(out).float()
+        return self.tower.embed(input_ids, attention_mask, normalize=_unit_rows).float()
 
 
 def _unit_rows(x: torch.Tensor) -> torch.Tensor:
