@@ -36,6 +36,21 @@ def assert_no_worse_than_torch(
         )
 
 
+def assert_same_answer(index, embedding, scores, ids, expected_scores, expected_ids, eps: float, k: int | None = None) -> None:
+    """A search answer agrees with the in-process one for the in-process ``embedding`` (Q, D):
+    ids equal up to swaps among near-ties, scores within the bound that a query move of ``eps``
+    per coordinate allows (:mod:`omnikern.parity`). For answers from another process or runtime,
+    whose embeddings differ from the in-process ones by rounding (``eps`` is the embedding
+    tolerance the tests assert elsewhere)."""
+    import numpy as np
+
+    from omnikern.parity import compare_topk, score_tolerance
+
+    tol = score_tolerance(index, np.asarray(embedding, dtype=np.float64), eps)
+    result = compare_topk(expected_scores, expected_ids, scores, ids, tol)
+    assert result.ok, result.summary()
+
+
 def assert_group_gone(pgid: int) -> None:
     """No process of the server's process group is left (the server and its python-backend stubs)."""
     from omnikern.serve.server import group_processes

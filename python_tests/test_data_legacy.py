@@ -169,6 +169,10 @@ def test_real_encoder_on_a_few_recipes(tmp_path):
     legacy = compute_legacy_vectors(recipes, encode, dim=4)
     assert legacy.metadata["source_dim"] == "384" and legacy.vectors.shape == (5, 4)
     raw = encode(["Dish 1.", "Dish 1."])
-    assert raw.shape == (2, 384) and torch.allclose(raw[0], raw[1])
+    assert raw.shape == (2, 384)
+    # Two rows of one batch may be computed by different kernel paths (threads split the rows),
+    # so the same text can differ by rounding (|values| < 1, six fp32 layers: ~1e-7 seen); a
+    # padding or position bug would move them by > 1e-2. 1e-5 separates the two.
+    torch.testing.assert_close(raw[0], raw[1], atol=1e-5, rtol=0)
     save_legacy_vectors(legacy, tmp_path / "v.safetensors")
     assert torch.equal(load_legacy_vectors(tmp_path / "v.safetensors", dim=4).vectors, legacy.vectors)

@@ -348,16 +348,19 @@ def test_two_gloo_ranks_end_with_identical_parameters(workdir, data, tmp_path):
 # ---- the frozen-layer cache ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
 @pytest.mark.parametrize("trainable", [0, 1, 2])
-def test_cached_prefix_encoder_matches_the_encoder(trainable):
+def test_cached_prefix_encoder_matches_the_encoder(trainable, attention):
     """Cached frozen layers + live top layers give the encoder's own states (eval mode), for rows
-    of different lengths, and the second (cached) call is bit-identical to the first."""
+    of different lengths, and the second (cached) call is bit-identical to the first; with both
+    attention implementations (the top layers get the mask omnikern builds, not the model's)."""
     import transformers
 
     from omnikern.models.frozen import CachedPrefixEncoder
 
     config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=32)
+                                     intermediate_size=64, max_position_embeddings=32,
+                                     attn_implementation=attention)
     bert = transformers.BertModel(config, add_pooling_layer=False).eval()
     ids = torch.randint(1, 50, (4, 7))
     mask = torch.ones_like(ids)

@@ -8,8 +8,10 @@ second server; the parity, error and burst tests run against both ``omnisearch``
 
 Tolerances: the server runs the same fp32 weights on the same CPU, but its dynamic batches pad
 token rows to other widths than the in-process call does, which changes float rounding only:
-embeddings agree to 1e-5 (absolute), scores to 1e-4, and ids exactly (adjacent expected scores
-are > 1e-5 apart: the test checks that gap, so no near-tie can flip).
+embeddings agree to 1e-5 (absolute). Searches from text are compared tie-aware
+(:func:`helpers.assert_same_answer`: ids equal up to swaps among candidates whose scores a 1e-5
+move of the query can reorder, scores within that bound); the scorer alone, given the same
+embeddings, must equal the in-process index exactly.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import minilm_tower_and_index, running_server
+from helpers import assert_same_answer, minilm_tower_and_index, running_server
 
 from omnikern import Int8Index
 from omnikern.serve import (
@@ -45,7 +47,7 @@ pytestmark = pytest.mark.skipif(
 
 MAX_BATCH = 8
 INDEX_ROWS = 300
-EMB_ATOL, SCORE_ATOL = 1e-5, 1e-4
+EMB_ATOL = 1e-5
 
 TEXTS = [
     "tomato soup", "chocolate chip cookies", "crème brûlée", "日本のラーメン", "Ωmega 🍕 pizza", "",
@@ -347,9 +349,8 @@ def test_fused_execute_answers_each_request(model, fused_repo, monkeypatch):
     for i, rows, k in ((0, ["tomato soup"], 3), (2, ["crème brûlée", ""], 4), (8, ["chili"], 50)):
         assert responses[i].error is None, i
         out = {t.name: t.array for t in responses[i].output_tensors}
-        _, scores, ids = _expected(model, rows, k)
-        np.testing.assert_array_equal(out[C.IDS], ids)
-        np.testing.assert_allclose(out[C.SCORES], scores, atol=SCORE_ATOL, rtol=0)
+        embedding, scores, ids = _expected(model, rows, k)
+        assert_same_answer(model["index"], embedding, out[C.SCORES], out[C.IDS], scores, ids, EMB_ATOL)
         assert out[C.IDS].dtype == np.int64 and out[C.SCORES].dtype == np.float32
 
 
@@ -359,25 +360,36 @@ def test_fused_execute_answers_each_request(model, fused_repo, monkeypatch):
 
 
 def test_search_matches_in_process(model, search_client):
-    """Ids equal and scores within 1e-4 of tower.encode + index.search, for 19 texts (3 requests of
-    <= 8 rows), non-ASCII, empty and whitespace-only rows included; ensemble and fused omnisearch."""
+    """Tie-aware agreement with tower.encode + index.search for 19 texts (3 requests of <= 8 rows),
+    non-ASCII, empty and whitespace-only rows included; ensemble and fused omnisearch."""
     scores, ids = search_client.search(TEXTS, k=10)
-    _, expected_scores, expected_ids = _expected(model, TEXTS, 10)
+    embedding, expected_scores, expected_ids = _expected(model, TEXTS, 10)
     assert scores.shape == ids.shape == (len(TEXTS), 10) and scores.dtype == np.float32 and ids.dtype == np.int64
-    np.testing.assert_array_equal(ids, expected_ids)
-    np.testing.assert_allclose(scores, expected_scores, atol=SCORE_ATOL, rtol=0)
-    # Exact id equality is meaningful only without near-ties: adjacent scores differ by far more
-    # than the server/in-process difference (~1e-7).
-    gaps = -np.diff(expected_scores, axis=1)
-    assert gaps.min() > 1e-5, gaps.min()
+    assert_same_answer(model["index"], embedding, scores, ids, expected_scores, expected_ids, EMB_ATOL)
+
+
+def test_scorer_equals_the_index_exactly(model, search_client):
+    """The same embeddings through the served scorer and the in-process index: the same code on the
+    same numbers, so ids and scores are bit-identical (any k, rows split over requests)."""
+    embedding, _, _ = _expected(model, TEXTS, 1)
+    for k in (1, 10, INDEX_ROWS + 5):
+        scores, ids = search_client.search_embeddings(embedding, k=k)
+        expected_scores, expected_ids = model["index"].search(torch.from_numpy(embedding), k)
+        np.testing.assert_array_equal(ids, np.asarray(expected_ids))
+        np.testing.assert_array_equal(scores, np.asarray(expected_scores))
+    assert search_client.search_embeddings(embedding[:2])[1].shape == (2, 10)  # the exported k_default
+    with pytest.raises(ValueError, match=r"embeddings must be \(N, 512\)"):
+        search_client.search_embeddings(embedding[:, :100])
+    with pytest.raises(ValueError, match="k must"):
+        search_client.search_embeddings(embedding, k=0)
 
 
 def test_default_k_and_k_beyond_index(model, search_client):
     scores, ids = search_client.search(TEXTS[:3])
     assert ids.shape == (3, 10)  # the exported k_default
     scores, ids = search_client.search(TEXTS[:2], k=INDEX_ROWS + 5)
-    _, expected_scores, expected_ids = _expected(model, TEXTS[:2], INDEX_ROWS + 5)
-    np.testing.assert_array_equal(ids, expected_ids)
+    embedding, expected_scores, expected_ids = _expected(model, TEXTS[:2], INDEX_ROWS + 5)
+    assert_same_answer(model["index"], embedding, scores, ids, expected_scores, expected_ids, EMB_ATOL)
     assert (ids[:, INDEX_ROWS:] == -1).all() and np.isneginf(scores[:, INDEX_ROWS:]).all()
 
 
@@ -484,7 +496,10 @@ def test_concurrent_burst_with_bad_requests(model, pipeline_server):
                 with pytest.raises(InferenceServerException, match="limit"):
                     request.get_result()
             else:
-                np.testing.assert_array_equal(request.get_result().as_numpy(C.IDS), _expected(model, r, 10)[2])
+                result = request.get_result()
+                embedding, scores, ids = _expected(model, r, 10)
+                assert_same_answer(model["index"], embedding, result.as_numpy(C.SCORES), result.as_numpy(C.IDS),
+                                   scores, ids, EMB_ATOL)
     finally:
         raw.close()
 

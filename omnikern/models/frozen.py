@@ -34,7 +34,7 @@ class CachedPrefixEncoder(nn.Module):
     def __init__(self, encoder: nn.Module, trainable_layers: int, max_entries: int = 200_000) -> None:
         super().__init__()
         layers = getattr(getattr(encoder, "encoder", None), "layer", None)
-        if layers is None or not hasattr(encoder, "_create_attention_masks"):
+        if layers is None or not hasattr(encoder, "embeddings"):
             raise TypeError(f"encoder must be a transformers BERT-style model, got {type(encoder).__name__}")
         if not isinstance(trainable_layers, int) or not 0 <= trainable_layers <= len(layers):
             raise ValueError(f"trainable_layers must be in [0, {len(layers)}], got {trainable_layers!r}")
@@ -84,11 +84,22 @@ class CachedPrefixEncoder(nn.Module):
         for i, key in enumerate(keys):
             hidden[i, : lengths[i]] = self.cache[key]
         if self.trainable_layers:
-            mask, _ = self.inner._create_attention_masks(attention_mask=attention_mask, encoder_attention_mask=None,
-                                                         embedding_output=hidden, encoder_hidden_states=None,
-                                                         cache=None)
+            mask = additive_attention_mask(attention_mask, hidden.dtype)
             for block in list(self.inner.encoder.layer)[-self.trainable_layers:]:
                 hidden = block(hidden, attention_mask=mask)
                 if isinstance(hidden, tuple):
                     hidden = hidden[0]
         return (hidden,)
+
+
+def additive_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The ``(B, 1, 1, T)`` mask a BERT layer adds to its attention scores: 0 where a key is a real
+    token, the dtype's most negative value where it is padding.
+
+    Built here rather than through the model's own mask helpers: those are private and changed
+    signature between transformers releases (5.25 broke ``_create_attention_masks``). Both the
+    eager and the SDPA attention of BERT-family layers accept an additive float mask of this shape
+    (it is what ``get_extended_attention_mask`` has always produced).
+    """
+    keep = attention_mask[:, None, None, :].to(dtype)
+    return (1.0 - keep) * torch.finfo(dtype).min

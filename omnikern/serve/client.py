@@ -162,6 +162,32 @@ class Client:
             return np.empty((0, width), np.float32), np.empty((0, width), np.int64)
         return np.concatenate(scores), np.concatenate(ids)
 
+    def search_embeddings(self, embeddings: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Returns ``(scores float32 (N, k), ids int64 (N, k))`` for N query embeddings of your own
+        (N, D) float32: the ``scorer`` model alone, the index search without the text encoder.
+
+        Raises:
+            ValueError: ``embeddings`` is not (N, D) with the served D; ``k`` is not None or an int >= 1.
+        """
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"k must be None or an int >= 1, got {k!r}")
+        x = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"embeddings must be (N, {self.dim}), got shape {x.shape}")
+        scores, ids = [], []
+        for start in range(0, x.shape[0], self.max_batch_size):
+            batch = x[start:start + self.max_batch_size]
+            inputs = {C.EMBEDDING: (batch, "FP32")}
+            if k is not None:
+                inputs[C.K] = (np.full((batch.shape[0], 1), k, dtype=np.int32), "INT32")
+            s, i = self._infer(C.SCORER, inputs, (C.SCORES, C.IDS))
+            scores.append(s)
+            ids.append(i)
+        if not scores:
+            width = 0 if k is None else k
+            return np.empty((0, width), np.float32), np.empty((0, width), np.int64)
+        return np.concatenate(scores), np.concatenate(ids)
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Returns the query embeddings (N, D) float32, unit rows, for N texts.
 
