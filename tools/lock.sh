@@ -24,7 +24,8 @@ pip="$work/venv/bin/pip"
   echo "# The exact versions the README commands and .ci/run install (PIP_CONSTRAINT=constraints.txt)."
   echo "# Do not edit by hand: rerun tools/lock.sh, then the tests."
   # torch: drop the local label (+cpu) so that the pin also matches the same release from PyPI.
-  "$pip" freeze --exclude-editable | sed -E 's/^(torch==[^+]+)[+].*/\1/' | LC_ALL=C sort -f
+  # --all: setuptools too (some packages ask for a newer one); pip itself is the venv's own.
+  "$pip" freeze --all --exclude-editable | grep -v '^pip==' | sed -E 's/^(torch==[^+]+)[+].*/\1/' | LC_ALL=C sort -f
 } > constraints.txt.tmp
 mv constraints.txt.tmp constraints.txt
 echo "wrote constraints.txt ($(grep -vc '^#' constraints.txt) packages)"
