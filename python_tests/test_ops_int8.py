@@ -6,9 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from conftest import CUDA, DEVICE
+from conftest import CUDA, DEVICE, given, settings, st
 
 from omnikern import _C
 from omnikern.ops.int8 import dequantize_int8, int8_topk, quantize_int8
