@@ -7,16 +7,18 @@ each other, so every ratio in a results file comes from one run on one machine.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -30,7 +32,15 @@ class Case:
 
     ``fn`` is the timed work (one call = one iteration). ``setup`` (optional) runs once before
     timing. ``bytes_moved`` / ``flops`` are the op's minimal traffic and arithmetic, for GB/s,
-    TFLOP/s and the roofline fraction. ``extra`` is copied into the row (recall, bytes per vector...).
+    TFLOP/s and the roofline fraction. ``extra`` is copied into the row (recall, bytes per vector...);
+    two keys in it are read by :func:`add_ratios`: ``peak_tflop_per_s`` (the measured compute
+    roofline for this case's arithmetic) and ``baseline_size`` (the size of the same op, provider and
+    mode that this row's time and memory are compared with, e.g. all prefixes vs one).
+
+    ``check=True``: not timed; ``fn`` runs once and returns a dict of measured errors that must hold
+    ``ok`` (bool), copied into the row (a correctness check at bench size). ``skipped``: the case
+    cannot run here (a peer that is not installed); the row records why instead of vanishing.
+    ``timeout_s`` overrides the per-case time limit (compiling cases need more).
     """
 
     op: str
@@ -42,6 +52,38 @@ class Case:
     flops: int | None = None
     setup: Callable[[], None] | None = None
     extra: dict | None = None
+    check: bool = False
+    skipped: str | None = None
+    timeout_s: float | None = None
+
+
+class CaseTimeout(Exception):
+    """A case (or the preparation of the next one) ran past its time limit."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None, what: str) -> Iterator[None]:
+    """Raise :class:`CaseTimeout` in the main thread after ``seconds`` (SIGALRM).
+
+    A device run has a fixed wall budget and a first compile can take minutes: one slow case must
+    cost its limit, not the rest of the run. The signal interrupts Python code, a compiler
+    subprocess wait and a sleep; a blocking C call (a CUDA synchronise) finishes first, so the
+    limit is soft by at most one kernel. No-op with ``seconds`` None or outside the main thread.
+    """
+    if not seconds or seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise CaseTimeout(f"{what}: over its {seconds:.0f} s limit")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,6 +154,26 @@ def peak_memory_cuda(fn: Callable[[], object]) -> int:
     return max(0, torch.cuda.max_memory_allocated() - baseline)
 
 
+def measure_matmul_peak(device: str, dtype: torch.dtype) -> float | None:
+    """Achieved dense matmul throughput in TFLOP/s (TOP/s for int8) on a large square product: the
+    compute roofline that a GEMM-bound case is compared with. None where the product cannot run."""
+    n = 8192 if device == "cuda" else 512
+    try:
+        if dtype == torch.int8:
+            a = torch.randint(-127, 128, (n, n), device=device, dtype=torch.int8)
+            b = torch.randint(-127, 128, (n, n), device=device, dtype=torch.int8).T  # column-major, as _int_mm wants
+            fn = lambda: torch._int_mm(a, b)  # noqa: E731
+        else:
+            a = torch.randn(n, n, device=device, dtype=dtype)
+            b = torch.randn(n, n, device=device, dtype=dtype)
+            fn = lambda: a @ b  # noqa: E731
+        timer = time_cuda if device == "cuda" else time_cpu
+        median_ms = timer(fn, budget_s=0.3)[1]
+    except (RuntimeError, NotImplementedError):
+        return None
+    return 2 * n**3 / (median_ms * 1e-3) / 1e12
+
+
 def measure_bandwidth(device: str) -> float:
     """Device copy bandwidth in GB/s (bytes read + written), the roofline for memory-bound ops."""
     n = (1 << 28) if device == "cuda" else (1 << 26)  # 1 GiB on GPU, 256 MiB on CPU, fp32
@@ -167,17 +229,41 @@ def environment(device: str) -> dict:
     }
 
 
-def run_case(case: Case, device: str, budget_s: float) -> dict:
-    """Times one case; an exception becomes an ``error`` field instead of stopping the run."""
+def run_case(case: Case, device: str, budget_s: float, limit_s: float | None = None) -> dict:
+    """Times one case; an exception (a timeout included) becomes an ``error`` field instead of
+    stopping the run. ``limit_s`` bounds the case's whole wall time (compile, timing, memory)."""
     row = {"op": case.op, "provider": case.provider, "mode": case.mode, "size": case.size}
+    if case.skipped is not None:
+        row["skipped"] = case.skipped
+        row.update(case.extra or {})
+        return row
+    started = time.perf_counter()
+    limit = case.timeout_s if case.timeout_s is not None else limit_s
+    if limit is not None and limit_s is not None:
+        limit = min(limit, limit_s)
     try:
-        if case.setup is not None:
-            case.setup()
-        timer = time_cuda if device == "cuda" else time_cpu
-        q20, q50, q80 = timer(case.fn, budget_s)
-        memory = (peak_memory_cuda if device == "cuda" else peak_memory_cpu)(case.fn)
+        with time_limit(limit, f"{case.op} {case.provider} {case.mode} {case.size}"):
+            if case.setup is not None:
+                case.setup()
+            if case.check:
+                result = case.fn()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+            else:
+                timer = time_cuda if device == "cuda" else time_cpu
+                q20, q50, q80 = timer(case.fn, budget_s)
+                memory = (peak_memory_cuda if device == "cuda" else peak_memory_cpu)(case.fn)
     except Exception as error:  # noqa: BLE001 - a failing peer must not stop the other rows
         row["error"] = f"{type(error).__name__}: {error}"[:300]
+        row["wall_s"] = round(time.perf_counter() - started, 2)
+        if device == "cuda":  # an out-of-memory case must not starve the next one
+            gc.collect()
+            torch.cuda.empty_cache()
+        return row
+    row["wall_s"] = round(time.perf_counter() - started, 2)
+    if case.check:
+        row.update(result)
+        row.update(case.extra or {})
         return row
     row.update(ms_q20=q20, ms_median=q50, ms_q80=q80, peak_mem_bytes=memory)
     if case.bytes_moved:
@@ -190,27 +276,41 @@ def run_case(case: Case, device: str, budget_s: float) -> dict:
 
 
 def add_ratios(rows: list[dict], bandwidth_gb_s: float) -> None:
-    """For each (op, mode, size): ``speedup_vs`` = provider's median / omnikern's, and the
-    fraction of the copy-bandwidth roofline where the op's bytes are known."""
+    """For each (op, mode, size): ``speedup_vs`` = provider's median / omnikern's; the fraction of
+    the copy-bandwidth roofline where the op's bytes are known, of the compute roofline where the
+    row carries ``peak_tflop_per_s``; and, for rows naming a ``baseline_size``, ``time_vs_baseline``
+    and ``memory_vs_baseline`` against that size's row (same op, provider, mode). Idempotent: it
+    runs again after every case, so that each partial results file is complete."""
+    timed = [r for r in rows if "ms_median" in r]
     groups: dict[tuple, list[dict]] = {}
-    for row in rows:
+    for row in timed:
         groups.setdefault((row["op"], row["mode"], row["size"]), []).append(row)
     for group in groups.values():
-        ours = [r for r in group if r["provider"] == "omnikern" and "ms_median" in r]
+        ours = [r for r in group if r["provider"] == "omnikern"]
         if not ours:
             continue
         ours_ms = ours[0]["ms_median"]
-        ours[0]["speedup_vs"] = {
-            r["provider"]: r["ms_median"] / ours_ms for r in group if r is not ours[0] and "ms_median" in r
-        }
-    for row in rows:
+        ours[0]["speedup_vs"] = {r["provider"]: r["ms_median"] / ours_ms for r in group if r is not ours[0]}
+    by_key = {(r["op"], r["provider"], r["mode"], r["size"]): r for r in timed}
+    for row in timed:
         if "gb_per_s" in row and bandwidth_gb_s > 0:
             row["roofline_fraction"] = row["gb_per_s"] / bandwidth_gb_s
+        if "tflop_per_s" in row and row.get("peak_tflop_per_s"):
+            row["compute_roofline_fraction"] = row["tflop_per_s"] / row["peak_tflop_per_s"]
+        base = by_key.get((row["op"], row["provider"], row["mode"], row.get("baseline_size")))
+        if base is not None and base is not row:
+            row["time_vs_baseline"] = row["ms_median"] / base["ms_median"]
+            if base["peak_mem_bytes"]:
+                row["memory_vs_baseline"] = row["peak_mem_bytes"] / base["peak_mem_bytes"]
 
 
-def write_plots(rows: list[dict], plot_dir: Path) -> list[Path]:
-    """One PNG per (op, mode): median time per size, one line per provider."""
-    import matplotlib
+def write_plots(rows: list[dict], plot_dir: Path) -> list[Path] | None:
+    """One PNG per (op, mode): median time per size, one line per provider. None (and nothing
+    written) where matplotlib is not installed: plots are optional, the JSON and table are not."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -251,32 +351,47 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def format_row(row: dict) -> str:
+    """One table line: median time, GB/s and omnikern's speedups; or the check, skip or error."""
+    head = f"{row['op']:<22}{row['mode']:<9}{row['size']:<34}{row['provider']:<16}"
+    if "error" in row:
+        return f"{head}  error: {row['error'][:90]}"
+    if "skipped" in row:
+        return f"{head}  skipped: {row['skipped'][:90]}"
+    if "ok" in row:
+        details = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in row.items() if k not in ("op", "provider", "mode", "size", "ok", "wall_s"))
+        return f"{head}  check {'PASS' if row['ok'] else 'FAIL'}: {details[:120]}"
+    gbs = f"{row['gb_per_s']:.1f}" if "gb_per_s" in row else "-"
+    tflops = f"{row['tflop_per_s']:.1f}" if "tflop_per_s" in row else "-"
+    notes = [f"{k} {v:.2f}x" for k, v in row.get("speedup_vs", {}).items()]
+    if "time_vs_baseline" in row:
+        notes.append(f"time vs {row['baseline_size'].split()[-1]} {row['time_vs_baseline']:.2f}x")
+    if "memory_vs_baseline" in row:
+        notes.append(f"mem vs baseline {row['memory_vs_baseline']:.2f}x")
+    mem = f"{row['peak_mem_bytes'] / 2**20:.0f}"
+    return f"{head}{row['ms_median']:>11.4g}{gbs:>9}{tflops:>8}{mem:>9}  {', '.join(notes)}"
+
+
 def format_table(rows: list[dict]) -> str:
-    header = f"{'op':<22}{'mode':<9}{'size':<22}{'provider':<16}{'median ms':>11}{'GB/s':>9}  speedup of omnikern"
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        if "error" in row:
-            lines.append(f"{row['op']:<22}{row['mode']:<9}{row['size']:<22}{row['provider']:<16}  error: {row['error'][:60]}")
-            continue
-        gbs = f"{row['gb_per_s']:.1f}" if "gb_per_s" in row else "-"
-        speedups = ", ".join(f"{k} {v:.2f}x" for k, v in row.get("speedup_vs", {}).items())
-        median = row["ms_median"]
-        lines.append(
-            f"{row['op']:<22}{row['mode']:<9}{row['size']:<22}{row['provider']:<16}"
-            f"{median:>11.4g}{gbs:>9}  {speedups}"
-        )
-    return "\n".join(lines)
+    header = (f"{'op':<22}{'mode':<9}{'size':<34}{'provider':<16}{'median ms':>11}{'GB/s':>9}{'TFLOP/s':>8}"
+              f"{'mem MiB':>9}  speedup of omnikern / notes")
+    return "\n".join([header, "-" * len(header), *(format_row(row) for row in rows)])
 
 
 __all__ = [
     "Case",
+    "CaseTimeout",
     "add_ratios",
     "device_name",
     "device_slug",
     "environment",
+    "format_row",
     "format_table",
     "measure_bandwidth",
+    "measure_matmul_peak",
     "run_case",
+    "time_limit",
     "write_json_atomic",
     "write_plots",
 ]

@@ -1,13 +1,25 @@
-"""Test set-up: the Triton interpreter on CPU machines, seeded tests, and the gpu marker.
+"""Test set-up: the Triton interpreter on CPU machines, seeded tests, the gpu marker, and optional
+test packages.
 
 ``TRITON_INTERPRET=1`` must be in the environment before the first ``import triton``: this file is
 imported by pytest before any test module, so it decides here, from whether CUDA is usable.
+
+Optional packages: every test module must collect on a machine that has only torch, triton, numpy
+and pytest (the GPU machine's image). Tests that need faiss, tritonclient, pytriton, onnx,
+onnxruntime, transformers, tokenizers, matplotlib, the MiniLM package or the recipe catalogue skip
+themselves (``pytest.importorskip`` / ``skipif`` in their module). Hypothesis is imported from here
+(``from conftest import given, settings, st``): without it, ``@given`` property tests are skipped
+and the rest of their module still runs.
+
+``OMNIKERN_EAGER_FAILURES=1`` prints each failure's traceback as soon as it happens, so that a run
+cut short by a timeout (bench/gpu_check.sh) still shows every failure it reached.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import sys
 
 
 def _cuda_available() -> bool:
@@ -29,6 +41,41 @@ CUDA = torch.cuda.is_available()
 # The device kernels run on in this session: the GPU when there is one, else CPU under the interpreter.
 DEVICE = "cuda" if CUDA else "cpu"
 
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    HAVE_HYPOTHESIS = True
+except ImportError:
+    HAVE_HYPOTHESIS = False
+
+    class _Placeholder:
+        """Stands in for ``hypothesis.strategies`` and ``HealthCheck`` while a module is imported:
+        any attribute or call gives another placeholder (the strategies are never drawn from)."""
+
+        def __getattr__(self, name: str) -> _Placeholder:
+            return self
+
+        def __call__(self, *args, **kwargs) -> _Placeholder:
+            return self
+
+        def __iter__(self):
+            return iter(())
+
+    class _NoSettings(_Placeholder):
+        """``@settings(...)`` is a no-op; ``settings.register_profile(...)`` and friends too."""
+
+        def __call__(self, *args, **kwargs):
+            return lambda fn: fn
+
+    st = HealthCheck = _Placeholder()
+    settings = _NoSettings()
+
+    def given(*args, **kwargs):
+        # The skip mark is evaluated before fixtures are resolved, so the test's strategy-bound
+        # arguments are never looked up as fixtures.
+        return pytest.mark.skip(reason="hypothesis is not installed (a property test; pip install hypothesis)")
+
 
 @pytest.fixture(autouse=True)
 def _seed_everything():
@@ -36,6 +83,12 @@ def _seed_everything():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+def pytest_runtest_logreport(report):
+    if report.failed and os.environ.get("OMNIKERN_EAGER_FAILURES") == "1":
+        sys.stdout.write(f"\n==== FAILED {report.nodeid} ({report.when}) ====\n{report.longreprtext[-4000:]}\n")
+        sys.stdout.flush()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -83,11 +83,15 @@ def test_module_matches_reference_pipeline_over_steps(neg_mode, impl):
         weights = torch.rand(13) if step == 1 else None
         leaves = [batch[k].clone().requires_grad_(True) for k in ("query", "pos", "neg")]
         ids = {k: batch[k] for k in ("query_ids", "pos_ids", "neg_ids")}
-        result = module(*(x.to(DEVICE) for x in leaves), **{k: v.to(DEVICE) for k, v in ids.items()}, weights=weights)
+        # The module runs on DEVICE, the reference pipeline on the CPU: every input follows its side.
+        result = module(
+            *(x.to(DEVICE) for x in leaves), **{k: v.to(DEVICE) for k, v in ids.items()},
+            weights=None if weights is None else weights.to(DEVICE),
+        )  # fmt: skip
         assert isinstance(result, SampledSoftmaxLossResult)
         got = grads_of(result.total, leaves + [module.log_scale])
 
-        t = module.log_scale.detach().clone().requires_grad_(True)
+        t = module.log_scale.detach().cpu().requires_grad_(True)  # the reference's copy, on the CPU
         want_loss, want_components = sampled_softmax_loss_ref(
             *leaves, log_scale=t, neg_mode=neg_mode, weights=weights, **ids, **pipeline.logq(batch)
         )

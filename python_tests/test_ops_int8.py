@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from conftest import CUDA, DEVICE
+from conftest import CUDA, DEVICE, given, settings, st
 
 from omnikern import _C
+from omnikern.ops import int8 as int8_mod
 from omnikern.ops.int8 import dequantize_int8, int8_topk, quantize_int8
 from omnikern.ops.reference import dequantize_int8_ref, int8_topk_ref, quantize_int8_ref
 
@@ -192,6 +191,44 @@ def test_topk_triton_large_k_bitonic_path():
     exclude = torch.tensor([5, -1, 69], device=DEVICE)
     scores, indices = int8_topk(query, codes, scales, 40, None, exclude, impl="triton")
     assert_topk_matches(scores, indices, query, codes, scales, 40, None, exclude, name="bitonic")
+
+
+@pytest.mark.parametrize("interpreting", [False, True])
+def test_topk_tiles_fit_shared_memory(interpreting):
+    """Every (Q, k) the kernel takes keeps the bitonic merge's [BLOCK_Q, 2·K_PAD] int64 keys within
+    128 KiB of shared memory (compiled for sm_90: BLOCK_Q = 64 with K_PAD = 256 needed 262,144 B,
+    over sm_90's 232,448 B per block); BLOCK_Q stays >= 16 for tl.dot."""
+    assert int8_mod.MAX_TRITON_K == 512
+    for k_pad in (64, 128, 256, 512):
+        for Q in (1, 16, 17, 64, 1024):
+            block_q, block_n, _, extract = int8_mod._topk_tiles(Q, k_pad, 256, interpreting)
+            assert not extract and block_q >= 16, (Q, k_pad, block_q)
+            assert block_q * 2 * k_pad * 8 <= 131_072, (Q, k_pad, block_q)
+            assert block_q * block_n * 8 <= 131_072, (Q, k_pad, block_q, block_n)
+
+
+def test_topk_k_past_the_triton_limit():
+    """k = 513: impl='triton' refuses it (naming k), 'auto' takes the torch path, equal to the reference."""
+    codes, scales = quantize_int8_ref(_unit(600, 32))
+    codes, scales = codes.to(DEVICE), scales.to(DEVICE)
+    query = _unit(2, 32).to(DEVICE)
+    with pytest.raises(ValueError, match="k must be <= 512 with impl='triton', got 513"):
+        int8_topk(query, codes, scales, 513, impl="triton")
+    scores, indices = int8_topk(query, codes, scales, 513)
+    assert_topk_matches(scores, indices, query, codes, scales, 513, name="k=513 auto")
+
+
+@pytest.mark.slow
+def test_topk_triton_k_at_the_shared_memory_limit():
+    """k = 257 (K_PAD = 512, the largest the kernel takes) over two query blocks, with BLOCK_Q = 16
+    (see test_topk_tiles_fit_shared_memory): results equal the reference. Slow under the
+    interpreter (~1-2 min: bitonic sorts of 16 × 1024 keys), instant on a GPU."""
+    # One 512-row tile per query block: the interpreter's sort cost grows with every tile.
+    codes, scales = quantize_int8_ref(_unit(300, 32))
+    codes, scales = codes.to(DEVICE), scales.to(DEVICE)
+    query = _unit(17, 32).to(DEVICE)
+    scores, indices = int8_topk(query, codes, scales, 257, impl="triton")
+    assert_topk_matches(scores, indices, query, codes, scales, 257, name="k=257")
 
 
 def test_topk_cpp_k_1024_and_thread_counts_and_isas():

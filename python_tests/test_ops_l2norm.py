@@ -80,7 +80,7 @@ def test_zero_row_is_clamped_not_nan(impl):
     y = l2_normalize(x, impl=impl)
     y.sum().backward()
     assert torch.equal(y, torch.zeros_like(y))
-    reference_x = torch.zeros(3, 16, dtype=torch.float64, requires_grad=True)
+    reference_x = torch.zeros(3, 16, device=DEVICE, dtype=torch.float64, requires_grad=True)
     l2_normalize_ref(reference_x).sum().backward()
     assert_close_verbose(x.grad.double(), reference_x.grad, atol=0, rtol=1e-6)
 

@@ -110,13 +110,13 @@ def test_modes_weights_logq(neg_mode, use_weights, use_logq, impl):
 
 def test_masking_matters_in_test_data():
     """The test batch has duplicate ids: dropping either mask rule changes the reference loss."""
-    batch = make_batch()
-    t = torch.tensor(2.0)
+    batch = make_batch()  # on DEVICE: every tensor below follows it
+    t = torch.tensor(2.0, device=DEVICE)
     ids = {k: batch[k] for k in ("query_ids", "pos_ids", "neg_ids")}
     base, _ = sampled_softmax_loss_ref(batch["query"], batch["pos"], batch["neg"], log_scale=t, **ids)
-    unique_pos = dict(ids, pos_ids=torch.arange(37) + 1000, neg_ids=torch.arange(45) + 5000)
+    unique_pos = dict(ids, pos_ids=torch.arange(37, device=DEVICE) + 1000, neg_ids=torch.arange(45, device=DEVICE) + 5000)
     no_pos_rule, _ = sampled_softmax_loss_ref(batch["query"], batch["pos"], batch["neg"], log_scale=t, **unique_pos)
-    unique_query = dict(ids, query_ids=torch.arange(37) + 9000)
+    unique_query = dict(ids, query_ids=torch.arange(37, device=DEVICE) + 9000)
     no_query_rule, _ = sampled_softmax_loss_ref(batch["query"], batch["pos"], batch["neg"], log_scale=t, **unique_query)
     assert abs(base.item() - no_pos_rule.item()) > 1e-3
     assert abs(base.item() - no_query_rule.item()) > 1e-3
@@ -167,7 +167,7 @@ def test_chunked_torch_path_uses_several_chunks(monkeypatch):
     monkeypatch.setattr(loss_mod, "CHUNK_ROWS", 5)
     monkeypatch.setattr(loss_mod, "CHUNK_COLS", 7)
     batch = make_batch(B=23, R=30, D=32)
-    check(batch, "torch", weights=torch.rand(23), **logq_for(batch))
+    check(batch, "torch", weights=torch.rand(23, device=DEVICE), **logq_for(batch))
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -6,9 +6,7 @@ import io
 
 import pytest
 import torch
-from conftest import DEVICE
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from conftest import DEVICE, given, settings, st
 
 from omnikern import CountMinSketch
 from omnikern.ops.reference import CountMinSketchRef, count_min_bucket_ref, count_min_multipliers_ref

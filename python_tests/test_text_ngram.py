@@ -11,8 +11,7 @@ import unicodedata
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from conftest import HealthCheck, given, settings, st
 
 from omnikern import _C
 from omnikern.text import NGramFeaturizer, NGramVocabs, build_ngram_vocabs

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from conftest import HealthCheck, given, settings, st
 
 from omnikern import _C
 from omnikern.text import WordPieceTokenizer

@@ -58,8 +58,16 @@ import triton.language as tl
 
 from omnikern.ops import _triton
 
-# Largest k the Triton kernel keeps in registers; larger k use the torch path on a GPU.
-MAX_TRITON_K = 1024
+# Shared memory of the bitonic merge (k > _EXTRACT_MAX_K): tl.topk over the joined running list and
+# tile top, [BLOCK_Q, 2·K_PAD] int64, is staged through shared memory, BLOCK_Q · 2·K_PAD · 8 B.
+# Compiled for sm_90, BLOCK_Q = 64 with K_PAD = 256 (and 32 × 512, 16 × 1024) took 262,144 B, over
+# the 232,448 B a block may use on sm_90 (166,912 B on sm_80), so those launches failed on a GPU.
+# Budget: BLOCK_Q · K_PAD <= 8192, i.e. 8192 · 2 · 8 = 131,072 B (128 KiB), which fits sm_80 and
+# sm_90 with room for the int8 dot operands. tl.dot needs BLOCK_Q >= 16, so K_PAD <= 8192 / 16 = 512.
+_SORT_KEYS_PER_BLOCK = 8192
+_MIN_BLOCK_Q = 16
+# Largest k the Triton kernel takes (K_PAD <= 512, above); larger k use the torch path on a GPU.
+MAX_TRITON_K = _SORT_KEYS_PER_BLOCK // _MIN_BLOCK_Q
 # Integer dot products are exact in float32 below 2^24 = 127² · 1040.
 _MAX_FP32_EXACT_DIM = 1040
 _SENTINEL = -(2**63)
@@ -265,6 +273,21 @@ def _finish(keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return _decode_keys(top)
 
 
+def _topk_tiles(Q: int, k_pad: int, dim: int, interpreting: bool) -> tuple[int, int, int, bool]:
+    """(BLOCK_Q, BLOCK_N, BLOCK_D, EXTRACT) of the top-k kernel for Q queries and K_PAD <= 512."""
+    block_d = min(256 if interpreting else 128, max(32, _triton.next_power_of_2(dim)))
+    extract = k_pad <= _EXTRACT_MAX_K
+    block_n = max(256 if interpreting else 128, k_pad)
+    if interpreting and not extract:
+        block_n = k_pad  # the interpreter's bitonic sort costs per element: keep tiles small
+    # Keep the running lists (BLOCK_Q × K_PAD int64) and the tile within a register budget; the
+    # bitonic merge also within the shared-memory budget (see _SORT_KEYS_PER_BLOCK).
+    block_q = max(_MIN_BLOCK_Q, min(64, _triton.next_power_of_2(Q), 16384 // max(k_pad, block_n)))
+    if not extract:
+        block_q = max(_MIN_BLOCK_Q, min(block_q, _SORT_KEYS_PER_BLOCK // k_pad))
+    return block_q, block_n, block_d, extract
+
+
 def _topk_triton(
     qcodes: torch.Tensor, qfactors: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
     exclude: torch.Tensor | None, k: int, dim: int, normalize: bool,
@@ -272,13 +295,7 @@ def _topk_triton(
     Q, N = qcodes.shape[0], codes.shape[0]
     k_pad = _triton.next_power_of_2(min(k, N))
     interpreting = _triton.interpreting()
-    block_d = min(256 if interpreting else 128, max(32, _triton.next_power_of_2(dim)))
-    extract = k_pad <= _EXTRACT_MAX_K
-    block_n = max(256 if interpreting else 128, k_pad)
-    if interpreting and not extract:
-        block_n = k_pad  # the interpreter's bitonic sort costs per element: keep tiles small
-    # Keep the running lists (BLOCK_Q × K_PAD int64) and the tile within a register budget.
-    block_q = max(16, min(64, _triton.next_power_of_2(Q), 16384 // max(k_pad, block_n)))
+    block_q, block_n, block_d, extract = _topk_tiles(Q, k_pad, dim, interpreting)
     num_q_blocks = triton.cdiv(Q, block_q)
     n_tiles = triton.cdiv(N, block_n)
     if interpreting:
@@ -507,7 +524,8 @@ def int8_topk(
         query: (Q, D) floating tensor, finite; with ``dim`` it may also be (Q, dim).
         codes: (N, D) int8 corpus codes from :func:`quantize_int8` (N >= 1).
         scales: (N,) float32 row scales.
-        k: number of results per query, >= 1 (any size; the Triton kernel takes k <= 1024).
+        k: number of results per query, >= 1 (any size; the Triton kernel takes k <= 512, its
+            shared-memory budget on sm_80/sm_90; "auto" uses the torch path above that).
         dim: search the first ``dim`` columns only (see above), or None for all D.
         exclude: (Q,) int64, a row index to leave out per query (e.g. the query's own item), or a
             negative value for none; or None.

@@ -62,11 +62,15 @@ def _sketch_update_kernel(
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(ids_ptr + offs, mask=mask, other=0)
+    # Advance a row pointer instead of indexing with i · width: that product is int32 and overflows
+    # once depth × width >= 2^31 counters; a pointer step of width is 64-bit address arithmetic.
+    row_ptr = counts_ptr
     for i in range(depth):
         a = tl.load(mult_ptr + i)
         bucket = _bucket(x, a, width)
         ones = tl.full((BLOCK,), 1, counts_ptr.dtype.element_ty)
-        tl.atomic_add(counts_ptr + i * width + bucket, ones, mask=mask)
+        tl.atomic_add(row_ptr + bucket, ones, mask=mask)
+        row_ptr += width
 
 
 @triton.jit
@@ -90,9 +94,11 @@ def _sketch_query_kernel(
     x = tl.load(ids_ptr + offs, mask=mask, other=0)
     a = tl.load(mult_ptr)
     best = tl.load(counts_ptr + _bucket(x, a, width), mask=mask, other=0)
+    row_ptr = counts_ptr  # a row pointer, not i · width (int32; see _sketch_update_kernel)
     for i in range(1, depth):
+        row_ptr += width
         a = tl.load(mult_ptr + i)
-        best = tl.minimum(best, tl.load(counts_ptr + i * width + _bucket(x, a, width), mask=mask, other=0))
+        best = tl.minimum(best, tl.load(row_ptr + _bucket(x, a, width), mask=mask, other=0))
     tl.store(out_ptr + offs, best, mask=mask)
 
 
