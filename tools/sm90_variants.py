@@ -144,11 +144,12 @@ def _int8_variants() -> list[Variant]:
     out.append(Variant("bench: quantize_int8 corpus 10M x 256 fp32", quick=True, run=_quantize(10_000_000, 256, "fp32")))
     out.append(Variant("bench: int8_topk N=10M D=256 k=10 Q=1024", quick=True, run=_topk(1024, 10_000_000, 256, 10)))
     out.append(Variant("bench: int8_topk N=10M D=256 k=10 Q=1", quick=True, run=_topk(1, 10_000_000, 256, 10)))
-    # grid: every K_PAD (1 … 1024, both merge strategies) × the BLOCK_Q classes (Q = 1, 16, 32, >= 64).
-    for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
+    # grid: every K_PAD the Triton kernel takes (1 … MAX_TRITON_K, both merge strategies) × the
+    # BLOCK_Q classes (Q = 1, 16, 32, >= 64); larger k take the torch path.
+    for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):
         for Q in (1, 16, 32, 1024):
             # --quick: the merge-strategy boundary (32 / 64) and the largest k, batched and single.
-            quick = k in (32, 64, 128, 256, 512, 1024) and Q in (1, 1024) and (k, Q) not in ((256, 1), (512, 1))
+            quick = k in (32, 64, 128, 256, 512) and Q in (1, 1024)
             out.append(Variant(f"grid: int8_topk k={k} Q={Q} D=256", quick=quick, run=_topk(Q, 1 << 20, 256, k)))
     out.append(Variant("grid: int8_topk k=10 Q=1024 D=256", quick=True, run=_topk(1024, 1 << 20, 256, 10)))
     # BLOCK_D 32 / 64 / 128 through Matryoshka prefixes (NORMALIZE), with and without exclusions, half queries.
@@ -157,7 +158,7 @@ def _int8_variants() -> list[Variant]:
             out.append(Variant(f"grid: int8_topk k=10 Q={Q} D=512 dim={dim}", quick=Q == 1024 and dim in (64, 128), run=_topk(Q, 1 << 20, 512, 10, dim)))
     for D in (64, 128, 384, 768):
         out.append(Variant(f"grid: int8_topk k=10 Q=1024 D={D}", quick=D == 768, run=_topk(1024, 1 << 20, D, 10)))
-    for k in (10, 100, 1024):
+    for k in (10, 100, 512):
         out.append(Variant(f"grid: int8_topk k={k} Q=1024 D=256 exclude", quick=k == 10, run=_topk(1024, 1 << 20, 256, k, None, True)))
     for dtype in ("fp16", "bf16"):
         out.append(Variant(f"grid: int8_topk k=10 Q=1024 D=256 {dtype} queries", quick=dtype == "bf16", run=_topk(1024, 1 << 20, 256, 10, dtype=dtype)))
