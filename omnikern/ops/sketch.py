@@ -64,13 +64,16 @@ def _sketch_update_kernel(
     x = tl.load(ids_ptr + offs, mask=mask, other=0)
     # Advance a row pointer instead of indexing with i · width: that product is int32 and overflows
     # once depth × width >= 2^31 counters; a pointer step of width is 64-bit address arithmetic.
+    # A while loop: depth is a runtime value, not a range() bound for the interpreter (see _triton).
     row_ptr = counts_ptr
-    for i in range(depth):
+    i = 0
+    while i < depth:
         a = tl.load(mult_ptr + i)
         bucket = _bucket(x, a, width)
         ones = tl.full((BLOCK,), 1, counts_ptr.dtype.element_ty)
         tl.atomic_add(row_ptr + bucket, ones, mask=mask)
         row_ptr += width
+        i += 1
 
 
 @triton.jit
@@ -95,10 +98,12 @@ def _sketch_query_kernel(
     a = tl.load(mult_ptr)
     best = tl.load(counts_ptr + _bucket(x, a, width), mask=mask, other=0)
     row_ptr = counts_ptr  # a row pointer, not i · width (int32; see _sketch_update_kernel)
-    for i in range(1, depth):
+    i = 1
+    while i < depth:  # not range(): see the update kernel
         row_ptr += width
         a = tl.load(mult_ptr + i)
         best = tl.minimum(best, tl.load(row_ptr + _bucket(x, a, width), mask=mask, other=0))
+        i += 1
     tl.store(out_ptr + offs, best, mask=mask)
 
 
