@@ -76,7 +76,9 @@ def _sketch_update_kernel(
         i += 1
 
 
-@triton.jit
+# depth is not specialised: depth == 1 buys nothing, and triton 3.6 crashed compiling this loop
+# for sm_90 with depth specialised to 1 (TritonGPUCoalesce; tools/sm90_compile_check.py found it).
+@triton.jit(do_not_specialize=["depth"])
 def _sketch_query_kernel(
     # pointers
     ids_ptr,
