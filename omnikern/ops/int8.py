@@ -262,7 +262,11 @@ def _quantize_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # The same float32 operations as the kernel (torch.round is half-to-even).
     x32 = x.float()
     N, D = x32.shape
-    scales = x32.abs().amax(dim=1) / 127.0 if D > 0 else x32.new_zeros(N)
+    # Divide by a tensor, not the Python float 127: on CUDA torch divides by a scalar as a
+    # multiplication by its reciprocal, which is not correctly rounded (seen on an H200: scales one
+    # ulp off the kernel and the reference). Tensor by tensor is IEEE division on every device.
+    amax = x32.abs().amax(dim=1) if D > 0 else x32.new_zeros(N)
+    scales = amax / torch.full_like(amax, 127.0)
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))
     codes = torch.round(x32 / safe[:, None]).clamp_(-127, 127)
     codes = torch.where((scales > 0)[:, None], codes, torch.zeros_like(codes))

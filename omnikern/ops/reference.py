@@ -168,7 +168,7 @@ def quantize_int8_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     x32 = x.float()
     amax = x32.abs().amax(dim=-1) if x32.shape[-1] > 0 else x32.new_zeros(x32.shape[:-1])
-    scales = amax / 127.0
+    scales = amax / torch.full_like(amax, 127.0)  # IEEE division on any device (int8.py, _quantize_torch)
     safe = torch.where(scales > 0, scales, torch.ones_like(scales))
     codes = torch.round(x32 / safe.unsqueeze(-1)).clamp(-127, 127)
     codes = torch.where((scales > 0).unsqueeze(-1), codes, torch.zeros_like(codes))
