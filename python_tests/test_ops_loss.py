@@ -419,7 +419,7 @@ from omnikern.ops import loss as L
 
 target = GPUTarget("cuda", 90, 32)
 ids = {name: "*i64" for name in ("row_pos_ids_ptr", "row_q_ids_ptr", "col_ids_ptr", "col_q_ids_ptr")}
-meta = dict(NUM_P=2, P_PAD=2, USE_QMASK=True, BLOCK_D=64, UPCAST_BF16=False, IEEE=False)
+meta = dict(NUM_P=2, P_PAD=2, USE_QMASK=True, BLOCK_D=64, UPCAST_BF16=False, IEEE=False, INTERPRET=False)
 fwd = {"q_ptr": "*bf16", "c_ptr": "*bf16", "rq_ptr": "*fp32", "rc_ptr": "*fp32", "log_scale_ptr": "*fp32",
        "corr_ptr": "*fp32", **ids, "bounds_ptr": "*i32", "lse_ptr": "*fp32",
        "B": "i32", "N": "i32", "stride_qb": "i32", "stride_cn": "i32"}

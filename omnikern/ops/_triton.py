@@ -14,7 +14,14 @@ Facts about the interpreter that kernels must respect (torch 2.13 CPU + triton 3
 * ``triton.autotune`` with more than one config fails: wrap config lists with
   :func:`autotune_configs`;
 * ``tl.device_assert`` is a no-op, so kernels rely on host-side validation;
-* every inner-loop step costs ~2 ms, so tests use small shapes and large blocks.
+* every inner-loop step costs ~2 ms, so tests use small shapes and large blocks;
+* ``range()`` bounds must be constexprs. The interpreter holds every runtime scalar (a kernel
+  argument, a program id, a loaded value) as a one-element array; triton <= 3.6 turns it into a
+  Python int with ``int(array)``, which numpy 2.4 rejects (and numpy 1.25-2.3 warns about). So a
+  loop over runtime bounds is a ``while`` loop. An innermost loop that feeds ``tl.dot`` keeps
+  ``for ... in range()`` when compiled, so that the compiler can pipeline its loads (it pipelines
+  ``for`` loops only): such kernels take ``INTERPRET: tl.constexpr`` from :func:`interpreting`
+  and choose the loop form with it.
 """
 
 from __future__ import annotations

@@ -109,6 +109,23 @@ def _int8_quantize_kernel(
 
 
 @triton.jit
+def _int8_dot_tile(acc, sumsq, q_ptr, x_ptr, offs_q, offs_n, mask_q, mask_n, d0, DIM, stride_qq, stride_xn,
+                   NORMALIZE: tl.constexpr, BLOCK_D: tl.constexpr):
+    """acc (BLOCK_Q, BLOCK_N) += q[offs_q, d0:d0+BLOCK_D] @ x[offs_n, d0:d0+BLOCK_D]ᵀ (int32), and with
+    NORMALIZE sumsq (BLOCK_N,) += the rows' squared codes over the same columns; columns >= DIM as 0."""
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < DIM
+    q = tl.load(q_ptr + offs_q[:, None] * stride_qq + offs_d[None, :], mask=mask_q[:, None] & mask_d[None, :], other=0)
+    x = tl.load(x_ptr + offs_n[None, :] * stride_xn + offs_d[:, None], mask=mask_d[:, None] & mask_n[None, :], other=0)
+    # int8 × int8 -> int32 on tensor cores; exact.
+    acc = tl.dot(q, x, acc, out_dtype=tl.int32)
+    if NORMALIZE:
+        xi = x.to(tl.int32)
+        sumsq += tl.sum(xi * xi, axis=0)
+    return acc, sumsq
+
+
+@triton.jit
 def _int8_topk_kernel(
     # pointers
     q_ptr,  # (Q, >= DIM) int8 query codes
@@ -135,6 +152,7 @@ def _int8_topk_kernel(
     BLOCK_D: tl.constexpr,
     K_PAD: tl.constexpr,
     EXTRACT: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     """Top K_PAD keys per query over rows [pid_s·rows_per_split, +rows_per_split); see the module
     docstring for the key layout."""
@@ -153,21 +171,25 @@ def _int8_topk_kernel(
     neg = tl.full([BLOCK_Q, BLOCK_N], -9223372036854775807, tl.int64) - 1
     offs_k = tl.arange(0, K_PAD)
     best = neg_k
-    for n0 in range(row_start, row_end, BLOCK_N):
+    # This split's rows are runtime bounds, not range() bounds for the interpreter (see _triton): a
+    # while loop. So is the loop over DIM when interpreting; compiled, that innermost loop (it feeds
+    # tl.dot) stays a for loop, which the compiler can pipeline.
+    n0 = row_start
+    while n0 < row_end:
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < row_end
         acc = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.int32)
         sumsq = tl.zeros([BLOCK_N], dtype=tl.int32)
-        for d0 in range(0, DIM, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            mask_d = offs_d < DIM
-            q = tl.load(q_ptr + offs_q[:, None] * stride_qq + offs_d[None, :], mask=mask_q[:, None] & mask_d[None, :], other=0)
-            x = tl.load(x_ptr + offs_n[None, :] * stride_xn + offs_d[:, None], mask=mask_d[:, None] & mask_n[None, :], other=0)
-            # int8 × int8 -> int32 on tensor cores; exact.
-            acc = tl.dot(q, x, acc, out_dtype=tl.int32)
-            if NORMALIZE:
-                xi = x.to(tl.int32)
-                sumsq += tl.sum(xi * xi, axis=0)
+        if INTERPRET:
+            d0 = 0
+            while d0 < DIM:
+                acc, sumsq = _int8_dot_tile(acc, sumsq, q_ptr, x_ptr, offs_q, offs_n, mask_q, mask_n, d0, DIM,
+                                            stride_qq, stride_xn, NORMALIZE, BLOCK_D)
+                d0 += BLOCK_D
+        else:
+            for d0 in range(0, DIM, BLOCK_D):
+                acc, sumsq = _int8_dot_tile(acc, sumsq, q_ptr, x_ptr, offs_q, offs_n, mask_q, mask_n, d0, DIM,
+                                            stride_qq, stride_xn, NORMALIZE, BLOCK_D)
         if NORMALIZE:
             # 1 / ‖c_i[:d]‖ with correctly rounded ops, as the C++ path computes it.
             inv = tl.div_rn(1.0, tl.sqrt_rn(tl.maximum(sumsq, 1).to(tl.float32)))
@@ -200,6 +222,7 @@ def _int8_topk_kernel(
                 tile_top = tl.topk(keys, K_PAD, dim=1)
                 both = tl.reshape(tl.join(best, tile_top), [BLOCK_Q, 2 * K_PAD])
                 best = tl.topk(both, K_PAD, dim=1)
+        n0 += BLOCK_N
 
     out_ptrs = out_ptr + pid_s * stride_os + offs_q[:, None] * stride_oq + offs_k[None, :]
     tl.store(out_ptrs, best, mask=mask_q[:, None])
@@ -295,7 +318,7 @@ def _topk_triton(
         Q, N, dim, rows_per_split,
         qcodes.stride(0), codes.stride(0), keys.stride(0), keys.stride(1),
         NORMALIZE=normalize, HAS_EXCLUDE=has_exclude,
-        BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d, K_PAD=k_pad, EXTRACT=extract,
+        BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d, K_PAD=k_pad, EXTRACT=extract, INTERPRET=interpreting,
         num_warps=8 if block_q * block_n >= 8192 else 4,
     )
     return _finish(keys.permute(1, 0, 2).reshape(Q, splits * k_pad), k)

@@ -93,6 +93,25 @@ CHUNK_COLS = 4096
 
 
 @triton.jit
+def _dot_tile(acc, a_ptr, b_ptr, offs_a, offs_b, mask_a, mask_b, stride_a, stride_b, d0, hi,
+              BLOCK_D: tl.constexpr, UPCAST_BF16: tl.constexpr, IEEE: tl.constexpr):
+    """acc += a[offs_a, d0:d0+BLOCK_D] @ b[offs_b, d0:d0+BLOCK_D]ᵀ, columns >= hi as 0."""
+    offs_d = d0 + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < hi
+    a = tl.load(a_ptr + offs_a[:, None] * stride_a + offs_d[None, :], mask=mask_a[:, None] & mask_d[None, :], other=0.0)
+    b = tl.load(b_ptr + offs_b[:, None] * stride_b + offs_d[None, :], mask=mask_b[:, None] & mask_d[None, :], other=0.0)
+    if UPCAST_BF16:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if IEEE:
+        # fp32 inputs: no tf32 rounding, so the kernel matches the fp32 reference.
+        acc = tl.dot(a, tl.trans(b), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, tl.trans(b), acc)
+    return acc
+
+
+@triton.jit
 def _accumulate_dot(
     acc,
     a_ptr,
@@ -108,21 +127,19 @@ def _accumulate_dot(
     BLOCK_D: tl.constexpr,
     UPCAST_BF16: tl.constexpr,
     IEEE: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     """acc (len(offs_a), len(offs_b)) += a[offs_a, lo:hi] @ b[offs_b, lo:hi]ᵀ, fp32."""
-    for d0 in range(lo, hi, BLOCK_D):
-        offs_d = d0 + tl.arange(0, BLOCK_D)
-        mask_d = offs_d < hi
-        a = tl.load(a_ptr + offs_a[:, None] * stride_a + offs_d[None, :], mask=mask_a[:, None] & mask_d[None, :], other=0.0)
-        b = tl.load(b_ptr + offs_b[:, None] * stride_b + offs_d[None, :], mask=mask_b[:, None] & mask_d[None, :], other=0.0)
-        if UPCAST_BF16:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        if IEEE:
-            # fp32 inputs: no tf32 rounding, so the kernel matches the fp32 reference.
-            acc = tl.dot(a, tl.trans(b), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, tl.trans(b), acc)
+    if INTERPRET:
+        # lo and hi are loaded values: not range() bounds for the interpreter (see _triton).
+        d0 = lo
+        while d0 < hi:
+            acc = _dot_tile(acc, a_ptr, b_ptr, offs_a, offs_b, mask_a, mask_b, stride_a, stride_b, d0, hi, BLOCK_D, UPCAST_BF16, IEEE)
+            d0 += BLOCK_D
+    else:
+        # A for loop, so that the compiler pipelines the tile loads (it does for fp32 on sm_90).
+        for d0 in range(lo, hi, BLOCK_D):
+            acc = _dot_tile(acc, a_ptr, b_ptr, offs_a, offs_b, mask_a, mask_b, stride_a, stride_b, d0, hi, BLOCK_D, UPCAST_BF16, IEEE)
     return acc
 
 
@@ -181,6 +198,7 @@ def _lse_fwd_kernel(
     BLOCK_D: tl.constexpr,
     UPCAST_BF16: tl.constexpr,
     IEEE: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     """q (B, D), c (N, D), rq (P, B), rc (P, N), corr (N,), bounds (P+1,) int32 -> lse (P, B) fp32."""
     pid_b = tl.program_id(0).to(tl.int64)  # int64 before stride products: B·D may pass 2^31
@@ -194,7 +212,9 @@ def _lse_fwd_kernel(
     m_all = tl.full((BLOCK_B, P_PAD), float("-inf"), tl.float32)
     l_all = tl.zeros((BLOCK_B, P_PAD), tl.float32)
 
-    for n0 in range(0, N, BLOCK_N):
+    # A while loop: N is a runtime value, not a range() bound for the interpreter (see _triton).
+    n0 = 0
+    while n0 < N:
         offs_n = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
         mask_n = offs_n < N
         col_ids = tl.load(col_ids_ptr + offs_n, mask=mask_n, other=0)
@@ -207,7 +227,7 @@ def _lse_fwd_kernel(
             lo = tl.load(bounds_ptr + k)
             hi = tl.load(bounds_ptr + k + 1)
             raw = _accumulate_dot(
-                raw, q_ptr, c_ptr, offs_b, offs_n, mask_b, mask_n, stride_qb, stride_cn, lo, hi, BLOCK_D, UPCAST_BF16, IEEE
+                raw, q_ptr, c_ptr, offs_b, offs_n, mask_b, mask_n, stride_qb, stride_cn, lo, hi, BLOCK_D, UPCAST_BF16, IEEE, INTERPRET
             )
             rq = tl.load(rq_ptr + k * B + offs_b, mask=mask_b, other=0.0)
             rc = tl.load(rc_ptr + k * N + offs_n, mask=mask_n, other=0.0)
@@ -223,6 +243,7 @@ def _lse_fwd_kernel(
             l_new = l_old * tl.exp(m_old - m_safe) + tl.sum(tl.exp(logit - m_safe[:, None]), axis=1)
             m_all = tl.where(sel, m_new[:, None], m_all)
             l_all = tl.where(sel, l_new[:, None], l_all)
+        n0 += BLOCK_N
 
     # l = 0 (every candidate masked) gives log 0 = −inf, the empty log-sum-exp.
     # (the where keeps log(0) out of the interpreter, which would warn).
@@ -269,6 +290,7 @@ def _lse_bwd_kernel(
     BLOCK_DO: tl.constexpr,
     UPCAST_BF16: tl.constexpr,
     IEEE: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     """One kernel for both gradients.
 
@@ -308,7 +330,9 @@ def _lse_bwd_kernel(
     acc3 = tl.zeros((BLOCK_A, BLOCK_SUB), tl.float32)
     grad_r_all = tl.zeros((BLOCK_A, P_PAD), tl.float32)
 
-    for l0 in range(0, LOOP, BLOCK_LOOP):
+    # A while loop: LOOP is a runtime value, not a range() bound for the interpreter (see _triton).
+    l0 = 0
+    while l0 < LOOP:
         offs_l = (l0 + tl.arange(0, BLOCK_LOOP)).to(tl.int64)
         mask_l = offs_l < LOOP
         # The tile is always laid out (a, loop); rows of the softmax are queries, so for the dc
@@ -333,7 +357,7 @@ def _lse_bwd_kernel(
             lo = tl.load(bounds_ptr + k)
             hi = tl.load(bounds_ptr + k + 1)
             raw = _accumulate_dot(
-                raw, a_ptr, b_ptr, offs_a, offs_l, mask_a, mask_l, stride_a, stride_b, lo, hi, BLOCK_D, UPCAST_BF16, IEEE
+                raw, a_ptr, b_ptr, offs_a, offs_l, mask_a, mask_l, stride_a, stride_b, lo, hi, BLOCK_D, UPCAST_BF16, IEEE, INTERPRET
             )
             ra = tl.load(ra_ptr + k * A + offs_a, mask=mask_a, other=0.0)
             rb = tl.load(rb_ptr + k * LOOP + offs_l, mask=mask_l, other=0.0)
@@ -372,6 +396,7 @@ def _lse_bwd_kernel(
             acc1 = _grad_dot(acc1, w_full, b_ptr, offs_l, mask_l, stride_b, chunk_lo + BLOCK_SUB, chunk_full, BLOCK_SUB, IEEE)
             acc2 = _grad_dot(acc2, w_full, b_ptr, offs_l, mask_l, stride_b, chunk_lo + 2 * BLOCK_SUB, chunk_full, BLOCK_SUB, IEEE)
             acc3 = _grad_dot(acc3, w_full, b_ptr, offs_l, mask_l, stride_b, chunk_lo + 3 * BLOCK_SUB, chunk_full, BLOCK_SUB, IEEE)
+        l0 += BLOCK_LOOP
 
     offs_sub = tl.arange(0, BLOCK_SUB)
     out_ty = grad_a_ptr.dtype.element_ty
@@ -422,7 +447,7 @@ def _prefix_pad(num_p: int) -> int:
 
 
 def _dot_flags(dtype: torch.dtype) -> dict:
-    return {"UPCAST_BF16": _triton.upcast_bf16(dtype), "IEEE": dtype == torch.float32}
+    return {"UPCAST_BF16": _triton.upcast_bf16(dtype), "IEEE": dtype == torch.float32, "INTERPRET": _triton.interpreting()}
 
 
 def _contiguous(*tensors: torch.Tensor) -> list[torch.Tensor]:

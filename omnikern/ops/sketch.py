@@ -62,11 +62,14 @@ def _sketch_update_kernel(
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(ids_ptr + offs, mask=mask, other=0)
-    for i in range(depth):
+    # A while loop: depth is a runtime value, not a range() bound for the interpreter (see _triton).
+    i = 0
+    while i < depth:
         a = tl.load(mult_ptr + i)
         bucket = _bucket(x, a, width)
         ones = tl.full((BLOCK,), 1, counts_ptr.dtype.element_ty)
         tl.atomic_add(counts_ptr + i * width + bucket, ones, mask=mask)
+        i += 1
 
 
 @triton.jit
@@ -90,9 +93,11 @@ def _sketch_query_kernel(
     x = tl.load(ids_ptr + offs, mask=mask, other=0)
     a = tl.load(mult_ptr)
     best = tl.load(counts_ptr + _bucket(x, a, width), mask=mask, other=0)
-    for i in range(1, depth):
+    i = 1
+    while i < depth:  # not range(): see the update kernel
         a = tl.load(mult_ptr + i)
         best = tl.minimum(best, tl.load(counts_ptr + i * width + _bucket(x, a, width), mask=mask, other=0))
+        i += 1
     tl.store(out_ptr + offs, best, mask=mask)
 
 
