@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import unicodedata
+
 import torch
+
+from omnikern.ops.reference import int8_topk_ref
+
+# int8 top-k: a score may differ from the reference's by this much (float32 rounding of the scale products).
+SCORE_TOL = 1e-6
 
 
 def assert_close_verbose(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, name: str = "") -> None:
@@ -77,3 +85,58 @@ def minilm_tower_and_index(directory, rows: int):
               torch.arange(rows, dtype=torch.int64) * 1000 + 7)
     index.save(directory / "index.safetensors")
     return tower, index
+
+
+def assert_topk_matches(scores, indices, query, codes, scales, k, dim=None, exclude=None, name=""):
+    """Rank by rank, the score equals the reference's within SCORE_TOL; an index may differ from
+    the reference's only if its own reference score is within SCORE_TOL of that rank's score."""
+    want_s, want_i = int8_topk_ref(query.cpu(), codes.cpu(), scales.cpu(), k, dim, None if exclude is None else exclude.cpu())
+    scores, indices = scores.cpu(), indices.cpu()
+    assert scores.dtype == torch.float32 and indices.dtype == torch.int64
+    assert scores.shape == want_s.shape == indices.shape
+    finite = torch.isfinite(want_s)
+    assert torch.equal(torch.isfinite(scores), finite), f"{name}: padding differs"
+    assert torch.equal(indices[~finite], want_i[~finite]), f"{name}: padding indices differ"
+    err = (scores[finite].double() - want_s[finite].double()).abs()
+    assert err.max().item() <= SCORE_TOL if err.numel() else True, f"{name}: score error {err.max().item():.3g}"
+    # Full reference score table to judge swaps.
+    N = codes.shape[0]
+    all_s, all_i = int8_topk_ref(query.cpu(), codes.cpu(), scales.cpu(), N, dim, None if exclude is None else exclude.cpu())
+    table = torch.full((query.shape[0], N), float("-inf"), dtype=torch.float64)
+    valid = all_i >= 0
+    table[torch.nonzero(valid)[:, 0], all_i[valid]] = all_s[valid].double()
+    for q, j in torch.nonzero(indices != want_i).tolist():
+        got = indices[q, j].item()
+        assert got >= 0, f"{name}: query {q} rank {j}: got padding, want {want_i[q, j].item()}"
+        assert abs(table[q, got].item() - want_s[q, j].item()) <= SCORE_TOL, (
+            f"{name}: query {q} rank {j}: index {got} (score {table[q, got].item():.9g}) instead of "
+            f"{want_i[q, j].item()} (score {want_s[q, j].item():.9g})"
+        )
+    for q in range(indices.shape[0]):
+        row = indices[q][indices[q] >= 0]
+        assert row.unique().numel() == row.numel(), f"{name}: duplicate indices in query {q}"
+        if exclude is not None and exclude[q] >= 0:
+            assert exclude[q].item() not in row.tolist(), f"{name}: excluded row returned for query {q}"
+
+
+@functools.cache
+def ngram_python_disagrees() -> frozenset[str]:
+    """Code points whose n-gram treatment differs between Python's unicodedata (the reference) and
+    the C++ tables: assigned after Python's version (their combining classes differ too),
+    NFKC_Casefold (17.0 vs Python's version) or punctuation (8.0 P* vs Python's P*).
+    Computed once per session: the n-gram tests and their property tests both use it."""
+    from omnikern import _C
+    from omnikern.text.reference import nfkc_casefold_ref
+
+    out = set()
+    for cp in range(0x110000):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        ch = chr(cp)
+        if unicodedata.category(ch) == "Cn" and _C.unicode_category(cp) != "Cn":
+            out.add(ch)
+        elif _C.ngram_normalize(ch) != nfkc_casefold_ref(ch):
+            out.add(ch)
+        elif (unicodedata.category(ch)[0] == "P") != _C.unicode_category(cp, "8.0").startswith("P"):
+            out.add(ch)
+    return frozenset(out)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from omnikern.data.legacy import (
     ZeroShotEncoder,
@@ -83,6 +82,7 @@ def test_fit_projection_bad_input():
 
 
 def test_compute_save_load_round_trip(tmp_path):
+    pytest.importorskip("safetensors")
     recipes = _recipes(30)
     encoder = FakeEncoder()
     legacy = compute_legacy_vectors(recipes, encoder, dim=8)
@@ -103,6 +103,7 @@ def test_compute_save_load_round_trip(tmp_path):
 
 
 def test_load_rejects_bad_files(tmp_path):
+    save_file = pytest.importorskip("safetensors.torch").save_file
     recipes = _recipes(12)
     legacy = compute_legacy_vectors(recipes, FakeEncoder(), dim=4)
     path = save_legacy_vectors(legacy, tmp_path / "v.safetensors")
@@ -134,6 +135,7 @@ def test_load_rejects_bad_files(tmp_path):
 
 
 def test_ensure_computes_once_and_replaces_stale_files(tmp_path):
+    pytest.importorskip("safetensors")
     recipes = _recipes(12)
     encoder = FakeEncoder()
     path = tmp_path / "v.safetensors"

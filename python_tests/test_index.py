@@ -46,10 +46,15 @@ def _faiss_sq8_recall(base: torch.Tensor, queries: torch.Tensor, truth: torch.Te
     return _recall(torch.from_numpy(found), truth)
 
 
+# faiss SQ8's recall@10 on the seeded data below (faiss-cpu 1.15.1): the bar where faiss is not
+# installed. A fixed bar of 0.95 would be above what SQ8 itself reaches on the clustered data.
+FAISS_SQ8_RECALL = {"random": 0.9805, "clustered": 0.9365}
+
+
 @pytest.mark.parametrize("data", ["random", "clustered"])
 def test_recall_at_10_against_exact_fp32(data):
-    """int8 recall@10 is at least faiss SQ8's on the same data (>= 0.95 without faiss); re-ranking
-    a 4·k shortlist with the float vectors restores >= 0.999."""
+    """int8 recall@10 is at least faiss SQ8's on the same data (its recorded recall without faiss);
+    re-ranking a 4·k shortlist with the float vectors restores >= 0.999."""
     n, d, q, k = 20000, 64, 200, 10
     make = _random_data if data == "random" else _clustered_data
     base, queries = make(n + q, d).split([n, q])
@@ -59,7 +64,9 @@ def test_recall_at_10_against_exact_fp32(data):
     _, ids = index.search(queries, k, impl=IMPL)
     recall = _recall(ids.cpu() - 1000, truth)
     bar = _faiss_sq8_recall(base, queries, truth, k)
-    assert recall >= (0.95 if bar is None else bar), f"int8 recall {recall:.4f}, faiss SQ8 {bar}"
+    if bar is None:
+        bar = FAISS_SQ8_RECALL[data]
+    assert recall >= bar, f"int8 recall {recall:.4f}, faiss SQ8 {bar:.4f}"
     _, ids = index.search(queries, k, rerank=4 * k, impl=IMPL)
     assert _recall(ids.cpu() - 1000, truth) >= 0.999
 
@@ -135,6 +142,7 @@ def test_remove_and_add_again():
 
 @pytest.mark.parametrize("keep_float", [False, True])
 def test_save_load_round_trip(tmp_path, keep_float):
+    pytest.importorskip("safetensors")
     index = Int8Index(12, keep_float=keep_float)
     index.add(_random_data(40, 12), torch.arange(100, 140, dtype=torch.int64))
     index.remove(torch.tensor([105]))
@@ -153,22 +161,28 @@ def test_save_load_round_trip(tmp_path, keep_float):
     assert len(loaded) == 41
 
 
-def test_empty_index_round_trip_and_kernel_path(tmp_path):
-    """An empty index saves and loads; search through the Triton kernel (the interpreter here)
-    returns what the C++ path returns."""
+def test_empty_index_round_trip(tmp_path):
+    pytest.importorskip("safetensors")
     index = Int8Index(16, keep_float=True)
     index.save(tmp_path / "empty.safetensors")
     loaded = Int8Index.load(tmp_path / "empty.safetensors", device=DEVICE)
-    assert len(loaded) == 0 and loaded.keep_float
-    base = _random_data(50, 16)
-    loaded.add(base, torch.arange(50, dtype=torch.int64) * 3)
+    assert len(loaded) == 0 and loaded.keep_float and loaded.codes.device.type == DEVICE
+    loaded.add(_random_data(3, 16), torch.arange(3, dtype=torch.int64))  # an empty loaded index can grow
+    assert len(loaded) == 3
+
+
+def test_kernel_path_matches_torch():
+    """Search through the Triton kernel (the interpreter on CPU) returns what the torch path returns."""
+    index = Int8Index(16, keep_float=True, device=DEVICE)
+    index.add(_random_data(50, 16), torch.arange(50, dtype=torch.int64) * 3)
     queries = _random_data(4, 16)
-    scores, ids = loaded.search(queries, 5, impl="triton")
-    want_s, want_ids = loaded.search(queries, 5, impl="torch")
+    scores, ids = index.search(queries, 5, impl="triton")
+    want_s, want_ids = index.search(queries, 5, impl="torch")
     assert torch.equal(ids, want_ids) and torch.equal(scores, want_s)
 
 
 def _saved_bytes(tmp_path) -> tuple[bytes, object]:
+    pytest.importorskip("safetensors")
     index = Int8Index(4, keep_float=True)
     index.add(_random_data(5, 4), torch.arange(5, dtype=torch.int64))
     path = tmp_path / "small.safetensors"

@@ -1,5 +1,5 @@
-"""The n-gram featuriser: spec examples, NFKC_Casefold on every code point, hypothesis against the
-plain-Python reference, ids/offsets layout, big inputs, threads, vocab files and bad inputs."""
+"""The n-gram featuriser: spec examples, NFKC_Casefold on every code point, ids/offsets layout,
+big inputs, threads, vocab files and bad inputs (the hypothesis tests are in test_text_ngram_property)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import unicodedata
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from helpers import ngram_python_disagrees
 
 from omnikern import _C
 from omnikern.text import NGramFeaturizer, NGramVocabs, build_ngram_vocabs
@@ -56,18 +55,8 @@ def _every_code_point():
 
 @pytest.fixture(scope="module")
 def python_disagrees() -> frozenset[str]:
-    """Code points whose n-gram treatment differs between Python's unicodedata (the reference) and
-    the C++ tables: assigned after Python's version (their combining classes differ too),
-    NFKC_Casefold (17.0 vs Python's version) or punctuation (8.0 P* vs Python's P*)."""
-    out = set()
-    for ch in _every_code_point():
-        if unicodedata.category(ch) == "Cn" and _C.unicode_category(ord(ch)) != "Cn":
-            out.add(ch)
-        elif _C.ngram_normalize(ch) != nfkc_casefold_ref(ch):
-            out.add(ch)
-        elif (unicodedata.category(ch)[0] == "P") != _C.unicode_category(ord(ch), "8.0").startswith("P"):
-            out.add(ch)
-    return frozenset(out)
+    """Code points where Python's unicodedata and the C++ tables disagree (see helpers)."""
+    return ngram_python_disagrees()
 
 
 # ---- spec examples ------------------------------------------------------------------------------
@@ -160,49 +149,6 @@ def test_default_ignorable_reference_counts():
     dropped = [ch for ch in _every_code_point() if is_default_ignorable_ref(ch)]
     assert len(dropped) == 4174
     assert NGramFeaturizer.normalize("".join(dropped)) == ""
-
-
-# ---- hypothesis: C++ vs the plain-Python reference ----------------------------------------------
-_POOL = (
-    "abcxyzABCXYZ0189 \t\n\r\x0b\x0c\x85\u00a0\u2003\u3000\u2028"  # whitespace and near-whitespace
-    "#,.!?-_'\"()[]{}$+<=>^`|~@\u00bf\u2014\u3001\u300c\u00a7\u20ac\uff04"  # punctuation and symbols
-    "\u00e9\u00c9e\u0301\u0323\u0345\u00df\u1e9e\u0130\u03a3\u03c2\u0391\u2122\ufb03\u00bd\u2460\uff21\u1e9b"
-    "\u00ad\u200b\u200d\ufe0f\U000E0001\u0600\ufff9"  # default ignorables and exceptions
-    "\u4e2d\u6587\u3400\uf900\U00020000\U0002B820\U0002B920\u3007\u30ab\u3099\uac00\u1100\u1161"  # CJK, kana, Hangul
-    "\U0001F600\U0001F44D\U0001F3FD\U0001D400\U00010400"  # astral: emoji, maths bold, Deseret
-    "\u0928\u093f\u0627\u0644\u05d0\u0410\u0436"
-)
-
-
-def _texts(disagree):
-    alphabet = st.sampled_from(_POOL) | st.characters(exclude_categories=("Cs",))
-    return st.text(alphabet=alphabet.filter(lambda c: c not in disagree), max_size=40)
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data())
-def test_tokenizers_match_reference(python_disagrees, data):
-    text = data.draw(_texts(python_disagrees))
-    assert NGramFeaturizer.normalize(text) == nfkc_casefold_ref(text)
-    assert NGramFeaturizer.char_trigrams(text) == char_trigrams_ref(text)
-    for n in (1, 2, 3):
-        assert NGramFeaturizer.word_ngrams(text, n) == word_ngrams_ref(text, n)
-    # Bytes input is the same text.
-    assert NGramFeaturizer.char_trigrams(text.encode("utf-8")) == char_trigrams_ref(text)
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data(), oov_buckets=st.sampled_from([0, 1, 7]))
-def test_featurize_matches_reference(python_disagrees, data, oov_buckets):
-    texts = data.draw(st.lists(_texts(python_disagrees), max_size=12))
-    vocab_texts = data.draw(st.lists(_texts(python_disagrees), max_size=12))
-    vocabs = build_ngram_vocabs(vocab_texts + texts[: len(texts) // 2])
-    f = NGramFeaturizer.from_vocabs(vocabs, oov_buckets=oov_buckets)
-    out = f(texts, num_threads=2)
-    ids, offsets = ngram_featurize_ref(texts, (vocabs.char_trigram, vocabs.unigram, vocabs.bigram), oov_buckets)
-    assert out["input_ids"].dtype == np.int64 and out["offsets"].dtype == np.int64
-    assert out["input_ids"].tolist() == ids
-    assert out["offsets"].tolist() == offsets
 
 
 # ---- ids, offsets and layout ----------------------------------------------------------------------

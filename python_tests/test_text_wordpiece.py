@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from omnikern import _C
 from omnikern.text import WordPieceTokenizer
 
 tokenizers = pytest.importorskip("tokenizers", reason="HF tokenizers (the `test` extra) is the oracle")
+pytest.importorskip("hypothesis", reason="hypothesis (the `test` extra) draws the property tests' inputs")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 
 def _model_dir() -> Path | None:
