@@ -209,8 +209,13 @@ def add_ratios(rows: list[dict], bandwidth_gb_s: float) -> None:
 
 
 def write_plots(rows: list[dict], plot_dir: Path) -> list[Path]:
-    """One PNG per (op, mode): median time per size, one line per provider."""
-    import matplotlib
+    """One PNG per (op, mode): median time per size, one line per provider; none without matplotlib
+    (the GPU machine's image has none: the results JSON is what counts there)."""
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        print("no plots: matplotlib is not installed (pip install 'omnikern[bench]')")
+        return []
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
