@@ -244,3 +244,47 @@ def test_topk_bad_inputs():
         int8_topk(query, codes, scales, 3, impl="faiss")
     with pytest.raises(ValueError, match="k"):
         int8_topk(query, codes, scales, 2048, impl="triton")
+
+
+_COMPILE_SCRIPT = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from omnikern.ops import int8 as I, sketch as S
+
+target = GPUTarget("cuda", 90, 32)
+topk = {"q_ptr": "*i8", "qf_ptr": "*fp32", "x_ptr": "*i8", "xf_ptr": "*fp32", "excl_ptr": "*i64", "out_ptr": "*i64",
+        "Q": "i32", "N": "i32", "DIM": "i32", "rows_per_split": "i32",
+        "stride_qq": "i32", "stride_xn": "i32", "stride_os": "i32", "stride_oq": "i32"}
+# The launcher's compiled configurations for 64 queries at k = 10 (row maxima) and k = 64 (bitonic).
+for k_pad, block_n, extract in ((16, 128, True), (64, 128, False)):
+    meta = dict(NORMALIZE=True, HAS_EXCLUDE=True, BLOCK_Q=64, BLOCK_N=block_n, BLOCK_D=128, K_PAD=k_pad,
+                EXTRACT=extract, INTERPRET=False)
+    signature = dict(topk, **{k: "constexpr" for k in meta})
+    kernel = triton.compile(ASTSource(I._int8_topk_kernel, signature, constexprs=meta), target=target, options={"num_warps": 8})
+    print("topk", kernel.metadata.shared)
+sketch = {"ids_ptr": "*i64", "mult_ptr": "*i64", "counts_ptr": "*i64", "n": "i32", "width": "i32", "depth": "i32", "BLOCK": "constexpr"}
+triton.compile(ASTSource(S._sketch_update_kernel, sketch, constexprs={"BLOCK": 1024}), target=target, options={"num_warps": 4})
+query = dict(sketch, out_ptr="*i64")
+triton.compile(ASTSource(S._sketch_query_kernel, query, constexprs={"BLOCK": 1024}), target=target, options={"num_warps": 4})
+print("sketch 0")
+"""
+
+
+def test_kernels_compile_for_sm90():
+    """The interpreter runs the kernels' INTERPRET branches only: compile the top-k kernel (its
+    compiled loop form) and the sketch kernels ahead of time for an H100 (sm_90; triton ships
+    ptxas, no GPU needed) and check that the shared memory fits (at most 227 KB per block)."""
+    import os
+    import subprocess
+    import sys
+
+    if CUDA:
+        pytest.skip("a GPU runs the kernels for real in the other tests")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0 and "ptxas" in done.stderr and "not found" in done.stderr:
+        pytest.skip("this triton has no bundled ptxas")
+    assert done.returncode == 0, done.stderr[-3000:]
+    shared = [int(line.split()[1]) for line in done.stdout.splitlines()]
+    assert len(shared) == 3 and max(shared) <= 227 * 1024, done.stdout
