@@ -208,6 +208,12 @@ def device_slug(name: str) -> str:
 def environment(device: str) -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        # A copy of a working tree (the device machine gets one) can differ from its HEAD: say so,
+        # or the commit names code that did not run (the first H200 run recorded a stale HEAD).
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True, check=True).stdout.strip()
+        if changed:
+            commit += "+dirty"
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     try:
