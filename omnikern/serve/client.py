@@ -147,20 +147,8 @@ class Client:
             TypeError: ``texts`` is a single string or holds non-strings.
             ValueError: ``k`` is not None or an int >= 1.
         """
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ValueError(f"k must be None or an int >= 1, got {k!r}")
-        scores, ids = [], []
-        for batch in self._chunks(texts):
-            inputs = {C.TEXT: (batch, "BYTES")}
-            if k is not None:
-                inputs[C.K] = (np.full((batch.shape[0], 1), k, dtype=np.int32), "INT32")
-            s, i = self._infer(C.OMNISEARCH, inputs, (C.SCORES, C.IDS))
-            scores.append(s)
-            ids.append(i)
-        if not scores:
-            width = 0 if k is None else k
-            return np.empty((0, width), np.float32), np.empty((0, width), np.int64)
-        return np.concatenate(scores), np.concatenate(ids)
+        _check_k(k)
+        return self._top_k(C.OMNISEARCH, C.TEXT, "BYTES", self._chunks(texts), k)
 
     def search_embeddings(self, embeddings: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Returns ``(scores float32 (N, k), ids int64 (N, k))`` for N query embeddings of your own
@@ -169,18 +157,21 @@ class Client:
         Raises:
             ValueError: ``embeddings`` is not (N, D) with the served D; ``k`` is not None or an int >= 1.
         """
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ValueError(f"k must be None or an int >= 1, got {k!r}")
+        _check_k(k)
         x = np.ascontiguousarray(embeddings, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"embeddings must be (N, {self.dim}), got shape {x.shape}")
+        batches = (x[start:start + self.max_batch_size] for start in range(0, x.shape[0], self.max_batch_size))
+        return self._top_k(C.SCORER, C.EMBEDDING, "FP32", batches, k)
+
+    def _top_k(self, model: str, name: str, dtype: str, batches, k: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """One request per batch of input ``name`` to ``model``; the (scores, ids) rows in order."""
         scores, ids = [], []
-        for start in range(0, x.shape[0], self.max_batch_size):
-            batch = x[start:start + self.max_batch_size]
-            inputs = {C.EMBEDDING: (batch, "FP32")}
+        for batch in batches:
+            inputs = {name: (batch, dtype)}
             if k is not None:
                 inputs[C.K] = (np.full((batch.shape[0], 1), k, dtype=np.int32), "INT32")
-            s, i = self._infer(C.SCORER, inputs, (C.SCORES, C.IDS))
+            s, i = self._infer(model, inputs, (C.SCORES, C.IDS))
             scores.append(s)
             ids.append(i)
         if not scores:
@@ -196,3 +187,8 @@ class Client:
         """
         parts = [self._infer(C.ENCODE, {C.TEXT: (batch, "BYTES")}, (C.EMBEDDING,))[0] for batch in self._chunks(texts)]
         return np.concatenate(parts) if parts else np.empty((0, self.dim), np.float32)
+
+
+def _check_k(k) -> None:
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"k must be None or an int >= 1, got {k!r}")
