@@ -251,10 +251,11 @@ def _quantize_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     block_d = _triton.next_power_of_2(D)
     block_n = max(1, min(64, 4096 // block_d))
     grid = (triton.cdiv(N, block_n),)
-    _int8_quantize_kernel[grid](
-        x, codes, scales, N, D, x.stride(0), codes.stride(0),
-        BLOCK_N=block_n, BLOCK_D=block_d, num_warps=_triton.num_warps_for(block_d),
-    )
+    with _triton.device_guard(x):
+        _int8_quantize_kernel[grid](
+            x, codes, scales, N, D, x.stride(0), codes.stride(0),
+            BLOCK_N=block_n, BLOCK_D=block_d, num_warps=_triton.num_warps_for(block_d),
+        )
     return codes, scales
 
 
@@ -334,14 +335,15 @@ def _topk_triton(
     splits = triton.cdiv(N, rows_per_split)
     keys = torch.empty((splits, Q, k_pad), dtype=torch.int64, device=codes.device)
     has_exclude = exclude is not None
-    _int8_topk_kernel[(num_q_blocks, splits)](
-        qcodes, qfactors, codes, scales, exclude if has_exclude else qfactors, keys,
-        Q, N, dim, rows_per_split,
-        qcodes.stride(0), codes.stride(0), keys.stride(0), keys.stride(1),
-        NORMALIZE=normalize, HAS_EXCLUDE=has_exclude,
-        BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d, K_PAD=k_pad, EXTRACT=extract, INTERPRET=interpreting,
-        num_warps=8 if block_q * block_n >= 8192 else 4,
-    )
+    with _triton.device_guard(codes):
+        _int8_topk_kernel[(num_q_blocks, splits)](
+            qcodes, qfactors, codes, scales, exclude if has_exclude else qfactors, keys,
+            Q, N, dim, rows_per_split,
+            qcodes.stride(0), codes.stride(0), keys.stride(0), keys.stride(1),
+            NORMALIZE=normalize, HAS_EXCLUDE=has_exclude,
+            BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d, K_PAD=k_pad, EXTRACT=extract, INTERPRET=interpreting,
+            num_warps=8 if block_q * block_n >= 8192 else 4,
+        )
     return _finish(keys.permute(1, 0, 2).reshape(Q, splits * k_pad), k)
 
 

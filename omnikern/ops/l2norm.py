@@ -139,10 +139,11 @@ def _l2norm_fwd(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor
         return y, norm
     block_b, block_d = _block_sizes(D)
     grid = (triton.cdiv(B, block_b),)
-    _l2norm_fwd_kernel[grid](
-        x, y, norm, B, D, x.stride(0), y.stride(0), eps,
-        BLOCK_B=block_b, BLOCK_D=block_d, num_warps=_triton.num_warps_for(block_d),
-    )
+    with _triton.device_guard(x):
+        _l2norm_fwd_kernel[grid](
+            x, y, norm, B, D, x.stride(0), y.stride(0), eps,
+            BLOCK_B=block_b, BLOCK_D=block_d, num_warps=_triton.num_warps_for(block_d),
+        )
     return y, norm
 
 
@@ -153,10 +154,11 @@ def _l2norm_bwd(grad_y: torch.Tensor, x: torch.Tensor, norm: torch.Tensor, eps: 
         return grad_x
     block_b, block_d = _block_sizes(D)
     grid = (triton.cdiv(B, block_b),)
-    _l2norm_bwd_kernel[grid](
-        grad_y, x, norm, grad_x, B, D, grad_y.stride(0), x.stride(0), grad_x.stride(0), eps,
-        BLOCK_B=block_b, BLOCK_D=block_d, num_warps=_triton.num_warps_for(block_d),
-    )
+    with _triton.device_guard(x):
+        _l2norm_bwd_kernel[grid](
+            grad_y, x, norm, grad_x, B, D, grad_y.stride(0), x.stride(0), grad_x.stride(0), eps,
+            BLOCK_B=block_b, BLOCK_D=block_d, num_warps=_triton.num_warps_for(block_d),
+        )
     return grad_x
 
 

@@ -471,12 +471,13 @@ def _lse_fwd_triton(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_i
     bounds_t = torch.tensor(bounds, dtype=torch.int32, device=q.device)
     block_b, block_n, block_d, _ = _blocks(q.shape[1])
     grid = (triton.cdiv(B, block_b),)
-    _lse_fwd_kernel[grid](
-        q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds_t, lse,
-        B, N, q.stride(0), c.stride(0),
-        NUM_P=num_p, P_PAD=_prefix_pad(num_p), USE_QMASK=use_qmask,
-        BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4, **_dot_flags(q.dtype),
-    )  # fmt: skip
+    with _triton.device_guard(q):
+        _lse_fwd_kernel[grid](
+            q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds_t, lse,
+            B, N, q.stride(0), c.stride(0),
+            NUM_P=num_p, P_PAD=_prefix_pad(num_p), USE_QMASK=use_qmask,
+            BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4, **_dot_flags(q.dtype),
+        )  # fmt: skip
     return lse
 
 
@@ -502,17 +503,18 @@ def _lse_bwd_triton(grad_lse, lse, q, c, rq, rc, log_scale, corr, row_pos_ids, r
         )  # fmt: skip
         ids = (row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds_t, lse, grad_lse)
         grid_q = (triton.cdiv(B, block_rows), triton.cdiv(D, block_do))
-        _lse_bwd_kernel[grid_q](
-            q, c, rq, rc, log_scale, corr, *ids, grad_q, grad_rq, grad_scale_rows,
-            B, N, D, q.stride(0), c.stride(0), grad_q.stride(0),
-            A_IS_QUERY=True, BLOCK_A=block_rows, BLOCK_LOOP=block_loop, **common,
-        )  # fmt: skip
         grid_c = (triton.cdiv(N, block_loop), triton.cdiv(D, block_do))
-        _lse_bwd_kernel[grid_c](
-            c, q, rc, rq, log_scale, corr, *ids, grad_c, grad_rc, grad_scale_rows,
-            B, N, D, c.stride(0), q.stride(0), grad_c.stride(0),
-            A_IS_QUERY=False, BLOCK_A=block_loop, BLOCK_LOOP=block_rows, **common,
-        )  # fmt: skip
+        with _triton.device_guard(q):
+            _lse_bwd_kernel[grid_q](
+                q, c, rq, rc, log_scale, corr, *ids, grad_q, grad_rq, grad_scale_rows,
+                B, N, D, q.stride(0), c.stride(0), grad_q.stride(0),
+                A_IS_QUERY=True, BLOCK_A=block_rows, BLOCK_LOOP=block_loop, **common,
+            )  # fmt: skip
+            _lse_bwd_kernel[grid_c](
+                c, q, rc, rq, log_scale, corr, *ids, grad_c, grad_rc, grad_scale_rows,
+                B, N, D, c.stride(0), q.stride(0), grad_c.stride(0),
+                A_IS_QUERY=False, BLOCK_A=block_loop, BLOCK_LOOP=block_rows, **common,
+            )  # fmt: skip
     # ∂L/∂t = ∂L/∂s · s, already folded into the per-row sums.
     grad_log_scale = grad_scale_rows.sum().to(log_scale.dtype).reshape(log_scale.shape)
     return grad_q, grad_c, grad_rq, grad_rc, grad_log_scale

@@ -149,7 +149,8 @@ def count_min_update_(counts: torch.Tensor, ids: torch.Tensor, multipliers: torc
         assert counts.is_contiguous()
         depth, width = counts.shape
         grid = (triton.cdiv(ids.numel(), _BLOCK),)
-        _sketch_update_kernel[grid](ids, multipliers, counts, ids.numel(), width, depth, BLOCK=_BLOCK)
+        with _triton.device_guard(counts):
+            _sketch_update_kernel[grid](ids, multipliers, counts, ids.numel(), width, depth, BLOCK=_BLOCK)
         return
     buckets = count_min_buckets(ids, multipliers, counts.shape[1])
     rows = torch.arange(counts.shape[0], device=counts.device)[:, None].expand_as(buckets)
@@ -168,7 +169,8 @@ def count_min_query(counts: torch.Tensor, ids: torch.Tensor, multipliers: torch.
     if use_triton:
         depth, width = counts.shape
         grid = (triton.cdiv(ids.numel(), _BLOCK),)
-        _sketch_query_kernel[grid](ids, multipliers, counts, out, ids.numel(), width, depth, BLOCK=_BLOCK)
+        with _triton.device_guard(counts):
+            _sketch_query_kernel[grid](ids, multipliers, counts, out, ids.numel(), width, depth, BLOCK=_BLOCK)
         return out
     buckets = count_min_buckets(ids, multipliers, counts.shape[1])
     return counts.gather(1, buckets).amin(0)
