@@ -68,6 +68,7 @@ implementation, as in the reference); nothing is checked on the host because tha
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -450,6 +451,17 @@ def _dot_flags(dtype: torch.dtype) -> dict:
     return {"UPCAST_BF16": _triton.upcast_bf16(dtype), "IEEE": dtype == torch.float32, "INTERPRET": _triton.interpreting()}
 
 
+@functools.lru_cache(maxsize=64)
+def _bounds_tensor(bounds: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The prefix bounds (P+1,) int32 on ``device``, made once per (bounds, device).
+
+    Built per call it would be a host-to-device copy on every forward and backward, which a CUDA
+    graph cannot capture (and a step that pays for nothing). A trainer uses one or two prefix sets,
+    so the cache stays tiny. The kernels only read it; nothing may write to it.
+    """
+    return torch.tensor(bounds, dtype=torch.int32, device=device)
+
+
 def _contiguous(*tensors: torch.Tensor) -> list[torch.Tensor]:
     # The kernels index rows by stride(0) with unit column stride, and (P, rows) tables as k·rows + i.
     # Compiled graphs may hand the op other layouts than eager does, so every call normalises here.
@@ -468,7 +480,7 @@ def _lse_fwd_triton(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_i
         return lse
     if N == 0:
         return lse.fill_(float("-inf"))
-    bounds_t = torch.tensor(bounds, dtype=torch.int32, device=q.device)
+    bounds_t = _bounds_tensor(tuple(bounds), q.device)
     block_b, block_n, block_d, _ = _blocks(q.shape[1])
     grid = (triton.cdiv(B, block_b),)
     with _triton.device_guard(q):
@@ -494,7 +506,7 @@ def _lse_bwd_triton(grad_lse, lse, q, c, rq, rc, log_scale, corr, row_pos_ids, r
     grad_q, grad_c, grad_rq, grad_rc = alloc(q), alloc(c), alloc(rq), alloc(rc)
     grad_scale_rows = alloc(rq[0] if rq.shape[0] else rq.new_empty(B))
     if B > 0 and N > 0 and D > 0:
-        bounds_t = torch.tensor(bounds, dtype=torch.int32, device=q.device)
+        bounds_t = _bounds_tensor(tuple(bounds), q.device)
         block_rows, block_loop, block_d, block_do = _blocks(D)
         grad_lse = grad_lse.contiguous().float()
         common = dict(
