@@ -33,8 +33,15 @@ from omnikern.ops import _triton
 # Kernels
 # ----------------------------------------------------------------------------------------------
 
+# Integer specialisation (Triton compiles one variant per "== 1" / "multiple of 16" class of each
+# int argument): B, the row count, is left out. It only masks rows, and a row mask is constant
+# along the contiguous D axis, so it never limits vectorisation; the fp32 norm per row is 4 bytes
+# against D·itemsize. Specialised, every new batch size class (1, a multiple of 16, other) would
+# be another compile. D stays specialised: it masks the contiguous axis, and 16 | D lets the row
+# loads and stores be 16-byte vectors (D is fixed by the model: one class). The strides too.
 
-@triton.jit
+
+@triton.jit(do_not_specialize=["B"])
 def _l2norm_fwd_kernel(
     # pointers
     x_ptr,
@@ -73,7 +80,7 @@ def _l2norm_fwd_kernel(
     tl.store(norm_ptr + offs_b, norm, mask=mask_b)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B"])  # see _l2norm_fwd_kernel
 def _l2norm_bwd_kernel(
     # pointers
     grad_y_ptr,
