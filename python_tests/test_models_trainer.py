@@ -28,7 +28,9 @@ from omnikern.models.config import Config, load_config  # noqa: E402
 from omnikern.models.trainer import (  # noqa: E402
     Trainer,
     build_data,
+    init_distributed_from_env,
     load_trained,
+    local_cuda_device,
     lr_factor,
     read_checkpoint_meta,
     save_checkpoint,
@@ -118,6 +120,33 @@ def test_config_bad_files(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"optim": {"lr": "fast"}}))
     with pytest.raises(ValueError, match="optim.lr"):
         load_config(tmp_path / "c.json")
+
+
+@pytest.mark.parametrize("local_rank, match", [("one", "LOCAL_RANK must be an int, got 'one'"),
+                                               ("2", r"LOCAL_RANK must be in \[0, 2\) \(the visible CUDA devices\), got 2")])
+def test_local_cuda_device_names_a_bad_local_rank(monkeypatch, local_rank, match):
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=match):
+        local_cuda_device()
+
+
+def test_cuda_ranks_set_their_device_before_nccl_starts(monkeypatch):
+    """Rank 1 of a node must make cuda:1 current before the process group (and every kernel) uses
+    the current device; gloo ranks on CPU never touch CUDA."""
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: calls.append(("init", backend)))
+
+    assert init_distributed_from_env(torch.device("cuda"))
+    assert calls == [("set_device", torch.device("cuda", 1)), ("init", "nccl")]
+    calls.clear()
+    assert init_distributed_from_env(torch.device("cpu"))
+    assert calls == [("init", "gloo")]
 
 
 def test_lr_schedule_warmup_then_cosine():

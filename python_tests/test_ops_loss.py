@@ -484,3 +484,35 @@ def test_never_materialises_rows_by_candidates(impl, monkeypatch):
         loss.backward()
     assert torch.isfinite(loss)
     assert 0 < LargestTensor.largest <= 64 * 64, LargestTensor.largest
+
+
+def test_prefix_bounds_are_copied_to_the_device_once(monkeypatch):
+    """Forward and backward of two steps read one cached bounds tensor: no host-to-device copy per
+    call (that copy would break CUDA-graph capture)."""
+    seen = []
+    kernels = {name: getattr(loss_mod, name) for name in ("_lse_fwd_kernel", "_lse_bwd_kernel")}
+
+    class Spy:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                seen.append(args[10])  # bounds_ptr, the 11th argument of both kernels
+                return self.kernel[grid](*args, **kwargs)
+
+            return run
+
+    for name, kernel in kernels.items():
+        monkeypatch.setattr(loss_mod, name, Spy(kernel))
+    batch = make_batch(B=6, R=0, D=24)
+    for _ in range(2):
+        t = torch.tensor(0.5, device=DEVICE, requires_grad=True)
+        total = sampled_softmax_loss(batch["query"], batch["pos"], log_scale=t, query_ids=batch["query_ids"],
+                                     pos_ids=batch["pos_ids"], neg_mode="in_batch", dims=[8, 24], impl="triton")
+        total.backward()
+    assert len(seen) == 6  # (fwd, bwd dq, bwd dc) × 2 steps
+    assert all(b is seen[0] for b in seen)
+    assert seen[0].tolist() == [0, 8, 24] and seen[0].dtype == torch.int32 and seen[0].device == batch["query"].device
+    assert loss_mod._bounds_tensor((0, 8, 24), batch["query"].device) is seen[0]
+    assert loss_mod._bounds_tensor((0, 24), batch["query"].device) is not seen[0]

@@ -679,3 +679,18 @@ def test_cli_export_zero_shot_builds_a_recipe_index(tmp_path, capsys):
     tower, _ = load_query_tower(out / C.QUERY_ENCODER / "1")
     scores, ids = index.search(tower.encode([recipes[3].title]), 1)
     assert ids[0, 0].item() == recipes[3].id
+
+
+def test_gpu_scorer_warms_the_default_and_largest_k_for_every_query_block(monkeypatch):
+    from omnikern import ops
+    from omnikern.serve.steps import warm_score_kernels
+
+    calls = []
+    monkeypatch.setattr(ops, "warmup", lambda device, **kwargs: calls.append((device, kwargs)) or ["warmed"])
+    assert warm_score_kernels(torch.device("cpu"), 512, 10, 50, 0) == []  # the C++ kernel: nothing to compile
+    assert calls == []
+    cuda1 = torch.device("cuda", 1)
+    assert warm_score_kernels(cuda1, 512, 10, 50, 0) == ["warmed"]
+    assert warm_score_kernels(cuda1, 512, 10, 50, 20) == ["warmed"]  # a re-rank searches max(k, rerank)
+    assert calls == [(cuda1, dict(dim=512, topk_k=[10, 50], topk_queries=64)),
+                     (cuda1, dict(dim=512, topk_k=[20, 50], topk_queries=64))]

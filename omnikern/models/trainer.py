@@ -71,11 +71,36 @@ def rank_and_world() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def local_cuda_device() -> torch.device:
+    """``cuda:LOCAL_RANK``, this process's GPU under ``torchrun`` (``cuda:0`` without ``LOCAL_RANK``).
+
+    Raises:
+        ValueError: ``LOCAL_RANK`` is not an int, or not below the number of visible GPUs.
+    """
+    raw = os.environ.get("LOCAL_RANK", "0")
+    try:
+        local_rank = int(raw)
+    except ValueError:
+        raise ValueError(f"LOCAL_RANK must be an int, got {raw!r}") from None
+    count = torch.cuda.device_count()
+    if not 0 <= local_rank < count:
+        raise ValueError(f"LOCAL_RANK must be in [0, {count}) (the visible CUDA devices), got {local_rank}")
+    return torch.device("cuda", local_rank)
+
+
 def init_distributed_from_env(device: torch.device) -> bool:
     """Initialises the default process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1):
-    NCCL on CUDA, gloo on CPU. Returns True when a group was created here."""
+    NCCL on CUDA, gloo on CPU. Returns True when a group was created here.
+
+    On CUDA it first makes ``cuda:LOCAL_RANK`` the current device: NCCL binds its communicator to
+    the current device, and so does every launch that names no device (Triton kernels, which the
+    ops also guard, and any torch code allocating on plain ``"cuda"``). Left at its default, every
+    rank would use GPU 0.
+    """
     if dist_ready() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
+    if device.type == "cuda":
+        torch.cuda.set_device(local_cuda_device())
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return True
 
@@ -561,7 +586,10 @@ class Trainer:
         self.owns_group = init_distributed_from_env(self.device)
         self.rank, self.world = rank_and_world()
         if self.device.type == "cuda" and dist_ready():
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            # Also when the group was created by the caller: this rank's GPU is the current device
+            # (see init_distributed_from_env).
+            self.device = local_cuda_device()
+            torch.cuda.set_device(self.device)
         self.data = data if data is not None else build_data(config, progress=config.train.progress and self.rank == 0)
         self.model = build_model(config, self.data).to(self.device)
         if dist_ready():

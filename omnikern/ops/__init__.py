@@ -3,6 +3,7 @@
 from omnikern.ops.int8 import dequantize_int8, int8_topk, quantize_int8
 from omnikern.ops.l2norm import l2_normalize
 from omnikern.ops.loss import SampledSoftmaxLossOutput, sampled_softmax_loss
+from omnikern.ops.precompile import warmup
 
 __all__ = [
     "SampledSoftmaxLossOutput",
@@ -11,4 +12,5 @@ __all__ = [
     "l2_normalize",
     "quantize_int8",
     "sampled_softmax_loss",
+    "warmup",
 ]

@@ -26,6 +26,7 @@ Facts about the interpreter that kernels must respect (torch 2.13 CPU + triton 3
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import TypeVar
@@ -73,6 +74,25 @@ def resolve_impl(impl: str, *tensors: torch.Tensor) -> str:
             f"imported, for CPU tensors), got tensors on {devices}"
         )
     return "triton" if supported else "torch"
+
+
+def device_guard(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """The context to launch a kernel on ``tensor`` under: its CUDA device made current.
+
+    A Triton launch compiles for, loads into and queues on the *current* CUDA device and stream,
+    not the device of its arguments, and a ``torch.library.custom_op`` written in Python gets no
+    device guard from the dispatcher. On a multi-GPU node where rank r's tensors are on cuda:r but
+    the current device is still 0, an unguarded launch would run on device 0. For a CPU tensor
+    (the interpreter, or the compile-only sm_90 check) this is a no-op, and it never touches CUDA.
+
+    Raises:
+        TypeError: ``tensor`` is not a tensor.
+    """
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.is_cuda:
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
 
 
 def upcast_bf16(dtype: torch.dtype) -> bool:

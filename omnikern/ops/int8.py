@@ -79,7 +79,11 @@ _EXTRACT_MAX_K = 32
 # ----------------------------------------------------------------------------------------------
 
 
-@triton.jit
+# N, the row count, is not specialised: it only masks rows (constant along the contiguous D
+# axis, so vectorisation does not depend on it), and for the query side of a search N is the batch
+# size, which would otherwise compile a variant per class (1, multiple of 16, other). D keeps its
+# specialisation: it masks the contiguous axis (16 | D gives 16-byte loads); it is fixed per model.
+@triton.jit(do_not_specialize=["N"])
 def _int8_quantize_kernel(
     # pointers
     x_ptr,
@@ -133,7 +137,19 @@ def _int8_dot_tile(acc, sumsq, q_ptr, x_ptr, offs_q, offs_n, mask_q, mask_n, d0,
     return acc, sumsq
 
 
-@triton.jit
+# Integer specialisation, per argument:
+# - Q (queries) and N (corpus rows) are not specialised. Q masks query rows and N only caps the
+#   last split's end; both masks are constant along the contiguous D axis of the code tiles, so
+#   their divisibility never enabled wider loads (it would only for the 4-byte per-row factors and
+#   excludes, against D bytes of codes per row). Specialised, a server would compile a new variant
+#   when a batch of 1 query (Q == 1) or of a size that is not a multiple of 16 first arrives.
+# - DIM stays specialised: it masks the contiguous axis of the int8 loads (16 | DIM gives 16-byte
+#   vectors) and is fixed per index (one class).
+# - rows_per_split stays: the launcher makes it a multiple of BLOCK_N (>= 128), so it is always in
+#   the same class and tells the compiler that every split starts aligned.
+# - The strides stay (row alignment); the launcher pads the output's query axis to a multiple of
+#   BLOCK_Q so that stride_os = Q_pad·K_PAD does not change class with Q.
+@triton.jit(do_not_specialize=["Q", "N"])
 def _int8_topk_kernel(
     # pointers
     q_ptr,  # (Q, >= DIM) int8 query codes
@@ -251,10 +267,11 @@ def _quantize_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     block_d = _triton.next_power_of_2(D)
     block_n = max(1, min(64, 4096 // block_d))
     grid = (triton.cdiv(N, block_n),)
-    _int8_quantize_kernel[grid](
-        x, codes, scales, N, D, x.stride(0), codes.stride(0),
-        BLOCK_N=block_n, BLOCK_D=block_d, num_warps=_triton.num_warps_for(block_d),
-    )
+    with _triton.device_guard(x):
+        _int8_quantize_kernel[grid](
+            x, codes, scales, N, D, x.stride(0), codes.stride(0),
+            BLOCK_N=block_n, BLOCK_D=block_d, num_warps=_triton.num_warps_for(block_d),
+        )
     return codes, scales
 
 
@@ -332,17 +349,22 @@ def _topk_triton(
         splits = max(1, min(n_tiles, (4 * sms) // num_q_blocks))
     rows_per_split = triton.cdiv(n_tiles, splits) * block_n
     splits = triton.cdiv(N, rows_per_split)
-    keys = torch.empty((splits, Q, k_pad), dtype=torch.int64, device=codes.device)
+    # The query axis padded to whole query blocks (a multiple of 16): keys.stride(0) = q_rows·K_PAD
+    # is then in one specialisation class for every Q (see _int8_topk_kernel); the padding rows are
+    # never written and never read.
+    q_rows = num_q_blocks * block_q
+    keys = torch.empty((splits, q_rows, k_pad), dtype=torch.int64, device=codes.device)
     has_exclude = exclude is not None
-    _int8_topk_kernel[(num_q_blocks, splits)](
-        qcodes, qfactors, codes, scales, exclude if has_exclude else qfactors, keys,
-        Q, N, dim, rows_per_split,
-        qcodes.stride(0), codes.stride(0), keys.stride(0), keys.stride(1),
-        NORMALIZE=normalize, HAS_EXCLUDE=has_exclude,
-        BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d, K_PAD=k_pad, EXTRACT=extract, INTERPRET=interpreting,
-        num_warps=8 if block_q * block_n >= 8192 else 4,
-    )
-    return _finish(keys.permute(1, 0, 2).reshape(Q, splits * k_pad), k)
+    with _triton.device_guard(codes):
+        _int8_topk_kernel[(num_q_blocks, splits)](
+            qcodes, qfactors, codes, scales, exclude if has_exclude else qfactors, keys,
+            Q, N, dim, rows_per_split,
+            qcodes.stride(0), codes.stride(0), keys.stride(0), keys.stride(1),
+            NORMALIZE=normalize, HAS_EXCLUDE=has_exclude,
+            BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d, K_PAD=k_pad, EXTRACT=extract, INTERPRET=interpreting,
+            num_warps=8 if block_q * block_n >= 8192 else 4,
+        )
+    return _finish(keys[:, :Q].permute(1, 0, 2).reshape(Q, splits * k_pad), k)
 
 
 def _sqrt_rn(sumsq: torch.Tensor) -> torch.Tensor:

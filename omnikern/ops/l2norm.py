@@ -33,8 +33,15 @@ from omnikern.ops import _triton
 # Kernels
 # ----------------------------------------------------------------------------------------------
 
+# Integer specialisation (Triton compiles one variant per "== 1" / "multiple of 16" class of each
+# int argument): B, the row count, is left out. It only masks rows, and a row mask is constant
+# along the contiguous D axis, so it never limits vectorisation; the fp32 norm per row is 4 bytes
+# against D·itemsize. Specialised, every new batch size class (1, a multiple of 16, other) would
+# be another compile. D stays specialised: it masks the contiguous axis, and 16 | D lets the row
+# loads and stores be 16-byte vectors (D is fixed by the model: one class). The strides too.
 
-@triton.jit
+
+@triton.jit(do_not_specialize=["B"])
 def _l2norm_fwd_kernel(
     # pointers
     x_ptr,
@@ -73,7 +80,7 @@ def _l2norm_fwd_kernel(
     tl.store(norm_ptr + offs_b, norm, mask=mask_b)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B"])  # see _l2norm_fwd_kernel
 def _l2norm_bwd_kernel(
     # pointers
     grad_y_ptr,
@@ -139,10 +146,11 @@ def _l2norm_fwd(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor
         return y, norm
     block_b, block_d = _block_sizes(D)
     grid = (triton.cdiv(B, block_b),)
-    _l2norm_fwd_kernel[grid](
-        x, y, norm, B, D, x.stride(0), y.stride(0), eps,
-        BLOCK_B=block_b, BLOCK_D=block_d, num_warps=_triton.num_warps_for(block_d),
-    )
+    with _triton.device_guard(x):
+        _l2norm_fwd_kernel[grid](
+            x, y, norm, B, D, x.stride(0), y.stride(0), eps,
+            BLOCK_B=block_b, BLOCK_D=block_d, num_warps=_triton.num_warps_for(block_d),
+        )
     return y, norm
 
 
@@ -153,10 +161,11 @@ def _l2norm_bwd(grad_y: torch.Tensor, x: torch.Tensor, norm: torch.Tensor, eps: 
         return grad_x
     block_b, block_d = _block_sizes(D)
     grid = (triton.cdiv(B, block_b),)
-    _l2norm_bwd_kernel[grid](
-        grad_y, x, norm, grad_x, B, D, grad_y.stride(0), x.stride(0), grad_x.stride(0), eps,
-        BLOCK_B=block_b, BLOCK_D=block_d, num_warps=_triton.num_warps_for(block_d),
-    )
+    with _triton.device_guard(x):
+        _l2norm_bwd_kernel[grid](
+            grad_y, x, norm, grad_x, B, D, grad_y.stride(0), x.stride(0), grad_x.stride(0), eps,
+            BLOCK_B=block_b, BLOCK_D=block_d, num_warps=_triton.num_warps_for(block_d),
+        )
     return grad_x
 
 

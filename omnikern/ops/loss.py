@@ -68,6 +68,7 @@ implementation, as in the reference); nothing is checked on the host because tha
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -168,7 +169,16 @@ def _valid_pairs(row_pos, row_q, col_ids, col_q, mask_rows, mask_cols, USE_QMASK
     return valid
 
 
-@triton.jit
+# Integer specialisation of the loss kernels, per argument: B (queries) and N (candidates) are not
+# specialised. They mask rows of the q and c tiles (constant along the contiguous D axis, so
+# vectorisation does not depend on them) and bound the loops over rows; their divisibility would
+# only help the per-row loads (ids, logQ, inverse norms at k·B + i: a few bytes per row against
+# D·itemsize of embedding). Specialised, each class of B and N (== 1, a multiple of 16, other) is
+# another compile of every kernel, ~14 s each for the fp32 backward on sm_90, and N changes with
+# the gathered candidate count and the last batch. D (backward) stays specialised: it masks the
+# contiguous axis of the gradient stores (16 | D gives vector stores) and is fixed by the model.
+# The strides stay too.
+@triton.jit(do_not_specialize=["B", "N"])
 def _lse_fwd_kernel(
     # pointers
     q_ptr,
@@ -252,7 +262,7 @@ def _lse_fwd_kernel(
     tl.store(lse_ptrs, lse, mask=mask_b[:, None] & (prefix[None, :] < NUM_P))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B", "N"])  # see _lse_fwd_kernel
 def _lse_bwd_kernel(
     # pointers; "a" is the side whose gradient this program writes, "b" the side it loops over
     a_ptr,
@@ -450,6 +460,17 @@ def _dot_flags(dtype: torch.dtype) -> dict:
     return {"UPCAST_BF16": _triton.upcast_bf16(dtype), "IEEE": dtype == torch.float32, "INTERPRET": _triton.interpreting()}
 
 
+@functools.lru_cache(maxsize=64)
+def _bounds_tensor(bounds: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The prefix bounds (P+1,) int32 on ``device``, made once per (bounds, device).
+
+    Built per call it would be a host-to-device copy on every forward and backward, which a CUDA
+    graph cannot capture (and a step that pays for nothing). A trainer uses one or two prefix sets,
+    so the cache stays tiny. The kernels only read it; nothing may write to it.
+    """
+    return torch.tensor(bounds, dtype=torch.int32, device=device)
+
+
 def _contiguous(*tensors: torch.Tensor) -> list[torch.Tensor]:
     # The kernels index rows by stride(0) with unit column stride, and (P, rows) tables as k·rows + i.
     # Compiled graphs may hand the op other layouts than eager does, so every call normalises here.
@@ -468,15 +489,16 @@ def _lse_fwd_triton(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_i
         return lse
     if N == 0:
         return lse.fill_(float("-inf"))
-    bounds_t = torch.tensor(bounds, dtype=torch.int32, device=q.device)
+    bounds_t = _bounds_tensor(tuple(bounds), q.device)
     block_b, block_n, block_d, _ = _blocks(q.shape[1])
     grid = (triton.cdiv(B, block_b),)
-    _lse_fwd_kernel[grid](
-        q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds_t, lse,
-        B, N, q.stride(0), c.stride(0),
-        NUM_P=num_p, P_PAD=_prefix_pad(num_p), USE_QMASK=use_qmask,
-        BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4, **_dot_flags(q.dtype),
-    )  # fmt: skip
+    with _triton.device_guard(q):
+        _lse_fwd_kernel[grid](
+            q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds_t, lse,
+            B, N, q.stride(0), c.stride(0),
+            NUM_P=num_p, P_PAD=_prefix_pad(num_p), USE_QMASK=use_qmask,
+            BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4, **_dot_flags(q.dtype),
+        )  # fmt: skip
     return lse
 
 
@@ -493,7 +515,7 @@ def _lse_bwd_triton(grad_lse, lse, q, c, rq, rc, log_scale, corr, row_pos_ids, r
     grad_q, grad_c, grad_rq, grad_rc = alloc(q), alloc(c), alloc(rq), alloc(rc)
     grad_scale_rows = alloc(rq[0] if rq.shape[0] else rq.new_empty(B))
     if B > 0 and N > 0 and D > 0:
-        bounds_t = torch.tensor(bounds, dtype=torch.int32, device=q.device)
+        bounds_t = _bounds_tensor(tuple(bounds), q.device)
         block_rows, block_loop, block_d, block_do = _blocks(D)
         grad_lse = grad_lse.contiguous().float()
         common = dict(
@@ -502,17 +524,18 @@ def _lse_bwd_triton(grad_lse, lse, q, c, rq, rc, log_scale, corr, row_pos_ids, r
         )  # fmt: skip
         ids = (row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds_t, lse, grad_lse)
         grid_q = (triton.cdiv(B, block_rows), triton.cdiv(D, block_do))
-        _lse_bwd_kernel[grid_q](
-            q, c, rq, rc, log_scale, corr, *ids, grad_q, grad_rq, grad_scale_rows,
-            B, N, D, q.stride(0), c.stride(0), grad_q.stride(0),
-            A_IS_QUERY=True, BLOCK_A=block_rows, BLOCK_LOOP=block_loop, **common,
-        )  # fmt: skip
         grid_c = (triton.cdiv(N, block_loop), triton.cdiv(D, block_do))
-        _lse_bwd_kernel[grid_c](
-            c, q, rc, rq, log_scale, corr, *ids, grad_c, grad_rc, grad_scale_rows,
-            B, N, D, c.stride(0), q.stride(0), grad_c.stride(0),
-            A_IS_QUERY=False, BLOCK_A=block_loop, BLOCK_LOOP=block_rows, **common,
-        )  # fmt: skip
+        with _triton.device_guard(q):
+            _lse_bwd_kernel[grid_q](
+                q, c, rq, rc, log_scale, corr, *ids, grad_q, grad_rq, grad_scale_rows,
+                B, N, D, q.stride(0), c.stride(0), grad_q.stride(0),
+                A_IS_QUERY=True, BLOCK_A=block_rows, BLOCK_LOOP=block_loop, **common,
+            )  # fmt: skip
+            _lse_bwd_kernel[grid_c](
+                c, q, rc, rq, log_scale, corr, *ids, grad_c, grad_rc, grad_scale_rows,
+                B, N, D, c.stride(0), q.stride(0), grad_c.stride(0),
+                A_IS_QUERY=False, BLOCK_A=block_loop, BLOCK_LOOP=block_rows, **common,
+            )  # fmt: skip
     # ∂L/∂t = ∂L/∂s · s, already folded into the per-row sums.
     grad_log_scale = grad_scale_rows.sum().to(log_scale.dtype).reshape(log_scale.shape)
     return grad_q, grad_c, grad_rq, grad_rc, grad_log_scale

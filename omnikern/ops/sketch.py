@@ -44,7 +44,11 @@ def _bucket(x, a, width):
     return (h & 2147483647) % width
 
 
-@triton.jit
+# Integer specialisation: n (ids in the call) and depth are not specialised. n masks a 1-D load of
+# ids whose cost is nothing beside the depth scattered atomics (or gathers) per id, and it changes
+# with every batch size; depth only bounds the row loop (see also the query kernel). width stays
+# specialised: it is the table's row step (a stride) and fixed per sketch, so one class.
+@triton.jit(do_not_specialize=["n", "depth"])
 def _sketch_update_kernel(
     # pointers
     ids_ptr,
@@ -76,9 +80,10 @@ def _sketch_update_kernel(
         i += 1
 
 
-# depth is not specialised: depth == 1 buys nothing, and triton 3.6 crashed compiling this loop
-# for sm_90 with depth specialised to 1 (TritonGPUCoalesce; tools/sm90_compile_check.py found it).
-@triton.jit(do_not_specialize=["depth"])
+# n and depth are not specialised (see the update kernel); for depth there is one more reason:
+# triton 3.6 crashed compiling this loop for sm_90 with depth specialised to 1 (TritonGPUCoalesce;
+# tools/sm90_compile_check.py found it).
+@triton.jit(do_not_specialize=["n", "depth"])
 def _sketch_query_kernel(
     # pointers
     ids_ptr,
@@ -149,7 +154,8 @@ def count_min_update_(counts: torch.Tensor, ids: torch.Tensor, multipliers: torc
         assert counts.is_contiguous()
         depth, width = counts.shape
         grid = (triton.cdiv(ids.numel(), _BLOCK),)
-        _sketch_update_kernel[grid](ids, multipliers, counts, ids.numel(), width, depth, BLOCK=_BLOCK)
+        with _triton.device_guard(counts):
+            _sketch_update_kernel[grid](ids, multipliers, counts, ids.numel(), width, depth, BLOCK=_BLOCK)
         return
     buckets = count_min_buckets(ids, multipliers, counts.shape[1])
     rows = torch.arange(counts.shape[0], device=counts.device)[:, None].expand_as(buckets)
@@ -168,7 +174,8 @@ def count_min_query(counts: torch.Tensor, ids: torch.Tensor, multipliers: torch.
     if use_triton:
         depth, width = counts.shape
         grid = (triton.cdiv(ids.numel(), _BLOCK),)
-        _sketch_query_kernel[grid](ids, multipliers, counts, out, ids.numel(), width, depth, BLOCK=_BLOCK)
+        with _triton.device_guard(counts):
+            _sketch_query_kernel[grid](ids, multipliers, counts, out, ids.numel(), width, depth, BLOCK=_BLOCK)
         return out
     buckets = count_min_buckets(ids, multipliers, counts.shape[1])
     return counts.gather(1, buckets).amin(0)

@@ -129,6 +129,24 @@ class Encode:
         return [(part,) for part in C.split_rows(embedding, [part_ids.shape[0] for part_ids, _ in items])]
 
 
+def warm_score_kernels(device, dim: int, k_default: int, max_k: int, rerank: int) -> list[str]:
+    """Compiles the int8 top-k kernels a GPU scorer's requests will use, before the first request.
+
+    The one-row search in :class:`Score` compiles only the (1 query, k = 1) variant, which requests
+    rarely hit: each padded k (the next power of two) and each query block (16, 32 or 64 queries)
+    is its own compile, seconds to tens of seconds each on sm_90. This warms the default k and the
+    largest k (each as the index searches it: at least ``rerank`` with a re-rank) for every query
+    block; other k compile on first use. CPU scorers use the C++ kernel: nothing to compile.
+    Returns :func:`omnikern.ops.warmup`'s labels (empty on CPU).
+    """
+    if device.type != "cuda":
+        return []
+    from omnikern.ops import warmup
+
+    shortlists = sorted({max(k, rerank) if rerank else k for k in (k_default, max_k)})
+    return warmup(device, dim=dim, topk_k=shortlists, topk_queries=64)
+
+
 class Score:
     """``embedding`` FP32 (B, D) [+ optional ``k`` INT32 (B, 1)] → ``scores`` FP32, ``ids`` INT64 (B, k).
 
@@ -152,6 +170,7 @@ class Score:
         # The first search pays a one-time setup (~0.75 s on the 2-core CPU, measured in the
         # server); pay it here rather than in the first request's latency.
         self.index.search(torch.full((1, self.dim), self.dim ** -0.5, device=self.device), 1, rerank=self.rerank)
+        warm_score_kernels(self.device, self.dim, self.k_default, self.max_k, self.rerank)
 
     def check_k(self, k: np.ndarray | None, rows: int) -> int:
         """The request's k (:func:`contract.check_k`; ``k_default`` when absent)."""
