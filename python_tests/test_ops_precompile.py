@@ -27,8 +27,8 @@ UNSPECIALISED = {
     "_l2norm_bwd_kernel": {"B"},
     "_int8_quantize_kernel": {"N"},
     "_int8_topk_kernel": {"Q", "N"},
-    "_lse_fwd_kernel": {"B", "N"},
-    "_lse_bwd_kernel": {"B", "N"},
+    "_lse_fwd_kernel": set(),  # B and N specialised: the warm-up compiles their classes
+    "_lse_bwd_kernel": set(),
     "_sketch_update_kernel": {"n", "depth"},
     "_sketch_query_kernel": {"n", "depth"},
 }
@@ -87,7 +87,7 @@ def test_training_warmup_covers_every_launch_of_real_batches(launches):
     launches.clear()
 
     g = torch.Generator().manual_seed(1)
-    for B, R in ((37, 21), (1, 1), (32, 64)):
+    for B, R in ((37, 21), (2, 3), (32, 64), (48, 7)):  # exactly 1 query or negative is not covered (warmup docstring)
         x = torch.randn(B, dim, generator=g).to(DEVICE).requires_grad_()
         l2_normalize(x).sum().backward()
         q, p, n = (torch.randn(rows, dim, generator=g).to(DEVICE).requires_grad_() for rows in (B, B, R))

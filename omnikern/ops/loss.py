@@ -169,16 +169,14 @@ def _valid_pairs(row_pos, row_q, col_ids, col_q, mask_rows, mask_cols, USE_QMASK
     return valid
 
 
-# Integer specialisation of the loss kernels, per argument: B (queries) and N (candidates) are not
-# specialised. They mask rows of the q and c tiles (constant along the contiguous D axis, so
-# vectorisation does not depend on them) and bound the loops over rows; their divisibility would
-# only help the per-row loads (ids, logQ, inverse norms at k·B + i: a few bytes per row against
-# D·itemsize of embedding). Specialised, each class of B and N (== 1, a multiple of 16, other) is
-# another compile of every kernel, ~14 s each for the fp32 backward on sm_90, and N changes with
-# the gathered candidate count and the last batch. D (backward) stays specialised: it masks the
-# contiguous axis of the gradient stores (16 | D gives vector stores) and is fixed by the model.
-# The strides stay too.
-@triton.jit(do_not_specialize=["B", "N"])
+# Integer specialisation of the loss kernels: B (queries) and N (candidates) stay specialised (== 1,
+# a multiple of 16, other). Unspecialised they cost registers: compiled for sm_90 the bf16 forward
+# with one prefix went from 0 to 112 B of spills, with six from 876 to 1,312 B
+# (tools/sm90_compile_check.py, 2026-12-04), and this is the hot path. The price is one compile per
+# class seen (~14 s for an fp32 backward): omnikern.ops.warmup compiles the multiple-of-16 and the
+# other class of both up front. D (backward) masks the contiguous axis of the gradient stores (16 | D
+# gives vector stores) and is fixed by the model; the strides stay specialised too.
+@triton.jit
 def _lse_fwd_kernel(
     # pointers
     q_ptr,
@@ -262,7 +260,7 @@ def _lse_fwd_kernel(
     tl.store(lse_ptrs, lse, mask=mask_b[:, None] & (prefix[None, :] < NUM_P))
 
 
-@triton.jit(do_not_specialize=["B", "N"])  # see _lse_fwd_kernel
+@triton.jit  # B and N specialised: see _lse_fwd_kernel
 def _lse_bwd_kernel(
     # pointers; "a" is the side whose gradient this program writes, "b" the side it loops over
     a_ptr,

@@ -4,11 +4,13 @@ Triton compiles a kernel the first time it is launched with a new *specialisatio
 dtypes, its constexprs (tile sizes, prefix count, flags), and a class of each specialised integer
 argument (== 1, a multiple of 16, other). One compile costs 1-127 s on sm_90, so a shape seen for
 the first time in the middle of training or at a server's first request stalls it. The kernels
-leave the integers that vary from call to call unspecialised (batch rows, candidates, queries,
-corpus rows, ids; see the comments above each kernel), so what is left is fixed by the model:
-the embedding width, the dtype, the prefix set, the negative mode, k and the query block. This
-module runs each op once on tiny tensors in exactly those classes; the real shapes then hit
-Triton's cache (in memory, and on disk for the next process).
+leave most integers that vary from call to call unspecialised (rows, queries, corpus rows, ids;
+see the comments above each kernel), so what is left is fixed by the model: the embedding width,
+the dtype, the prefix set, the negative mode, k and the query block. The loss kernels keep their
+batch and candidate counts specialised (it saves registers on the hot path): for them this module
+compiles both the multiple-of-16 and the other class. It runs each op once on tiny tensors in
+exactly those classes; the real shapes then hit Triton's cache (in memory, and on disk for the
+next process).
 
 What :func:`warmup` covers, per argument:
 
@@ -26,7 +28,7 @@ What :func:`warmup` covers, per argument:
 Not covered (each is another compile when it happens): other dtypes or widths, inputs that are
 views starting at an address that is not 16-byte aligned (Triton also specialises pointers on
 alignment; fresh tensors are aligned), sizes of 2^31 or more (their ints are 64-bit), and a corpus
-smaller than k (its padded k is smaller).
+smaller than k (its padded k is smaller), and a loss batch of exactly one query or one negative.
 
 On a CPU without the interpreter nothing is compiled (the ops take their torch or C++ paths) and
 the calls are cheap; under the interpreter they run the kernels on tiny inputs.
@@ -49,6 +51,8 @@ from omnikern.ops.sketch import COUNT_DTYPES, count_min_query, count_min_update_
 _TOPK_QUERY_BLOCKS = (16, 32, 64)
 # Rows of the tiny inputs: more than one, so nothing is specialised on a count of 1 by accident.
 _ROWS = 3
+# (queries, random negatives) of the loss warm-up: both classes of B and of N (see warmup).
+_LOSS_SHAPES = [(b, r) for b in (16, 17) for r in (15, 16, 17)]
 
 
 def warmup(
@@ -116,16 +120,20 @@ def warmup(
         done.append(f"l2_normalize {dtype} dim={dim}")
 
     for mode in neg_modes:
-        query, pos, neg = (rand(_ROWS).requires_grad_() for _ in range(3))
-        log_scale = torch.zeros((), device=device, requires_grad=loss_backward)
-        ids = torch.arange(_ROWS, device=device)
-        total = sampled_softmax_loss(
-            query, pos, None if mode == "in_batch" else neg, log_scale=log_scale, query_ids=ids,
-            pos_ids=ids + _ROWS, neg_ids=None if mode == "in_batch" else ids + 2 * _ROWS,
-            neg_mode=mode, dims=loss_dims,
-        )  # fmt: skip
-        if loss_backward:
-            total.backward()
+        # B and N are specialised in the loss kernels (see loss.py): batches of 16 and 17 queries with
+        # 15 to 17 negatives reach every (B, N) pair of classes, however a mode forms N from them.
+        for rows, negatives in _LOSS_SHAPES if mode != "in_batch" else [(16, 0), (17, 0)]:
+            query, pos = (rand(rows).requires_grad_() for _ in range(2))
+            neg = rand(negatives).requires_grad_() if negatives else None
+            log_scale = torch.zeros((), device=device, requires_grad=loss_backward)
+            ids = torch.arange(rows, device=device)
+            total = sampled_softmax_loss(
+                query, pos, neg, log_scale=log_scale, query_ids=ids, pos_ids=ids + rows,
+                neg_ids=None if neg is None else torch.arange(negatives, device=device) + 2 * rows,
+                neg_mode=mode, dims=loss_dims,
+            )  # fmt: skip
+            if loss_backward:
+                total.backward()
         done.append(f"sampled_softmax_loss {dtype} dim={dim} {mode} dims={loss_dims}")
 
     if topk_k:
