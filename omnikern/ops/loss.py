@@ -449,6 +449,15 @@ def _blocks(D: int) -> tuple[int, int, int, int]:
     return 64, 64, 64, max(64, min(256, _triton.next_power_of_2(D)))
 
 
+def _warps(num_p: int, dtype: torch.dtype) -> int:
+    """Warps per program. Each prefix keeps its own (rows, P_PAD) running state and fp32 dots keep
+    wider operand tiles: at 4 warps those variants spilled registers when compiled for sm_90 (bf16
+    forward with 4-6 prefixes 400-876 B, fp32 one prefix 224 B; tools/sm90_compile_check.py), at 8
+    warps the state is spread over twice the threads. Spills measured without a GPU; the speed of
+    the change is owed to the next GPU run."""
+    return 8 if num_p > 1 or dtype == torch.float32 else 4
+
+
 def _prefix_pad(num_p: int) -> int:
     # The per-prefix state is a (rows, P_PAD) tile; keep it at least 2 wide (no 1-wide aranges).
     return max(2, _triton.next_power_of_2(num_p))
@@ -495,7 +504,7 @@ def _lse_fwd_triton(q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_i
             q, c, rq, rc, log_scale, corr, row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds_t, lse,
             B, N, q.stride(0), c.stride(0),
             NUM_P=num_p, P_PAD=_prefix_pad(num_p), USE_QMASK=use_qmask,
-            BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4, **_dot_flags(q.dtype),
+            BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=_warps(num_p, q.dtype), **_dot_flags(q.dtype),
         )  # fmt: skip
     return lse
 
@@ -518,7 +527,7 @@ def _lse_bwd_triton(grad_lse, lse, q, c, rq, rc, log_scale, corr, row_pos_ids, r
         grad_lse = grad_lse.contiguous().float()
         common = dict(
             NUM_P=num_p, P_PAD=_prefix_pad(num_p), USE_QMASK=use_qmask, BLOCK_D=block_d, BLOCK_DO=block_do,
-            num_warps=8 if block_do >= 256 else 4, **_dot_flags(q.dtype),
+            num_warps=8 if block_do >= 256 else _warps(num_p, q.dtype), **_dot_flags(q.dtype),
         )  # fmt: skip
         ids = (row_pos_ids, row_q_ids, col_ids, col_q_ids, bounds_t, lse, grad_lse)
         grid_q = (triton.cdiv(B, block_rows), triton.cdiv(D, block_do))
