@@ -145,8 +145,15 @@ class TopkAgreement:
         return text + "".join(f"\n  {line}" for line in self.disagreements[:5])
 
 
-def _row_disagreement(sa, ia, sb, ib, tol: float) -> str | None:
-    """Why row a and row b are not the same answer within ``tol``, or None when they are."""
+def _scores_by_id(scores: np.ndarray, ids: np.ndarray) -> dict[int, float]:
+    """One answer row as {id: score}, empty slots (id -1) left out."""
+    valid = ids >= 0
+    return dict(zip(ids[valid].tolist(), scores[valid].tolist()))
+
+
+def _row_disagreement(sa, ia, sb, ib, score_a: dict, score_b: dict, tol: float) -> str | None:
+    """Why row a and row b are not the same answer within ``tol``, or None when they are
+    (``score_a``/``score_b``: the rows by :func:`_scores_by_id`)."""
     va, vb = ia >= 0, ib >= 0
     if va.sum() != vb.sum():
         return f"{int(va.sum())} vs {int(vb.sum())} results"
@@ -156,7 +163,6 @@ def _row_disagreement(sa, ia, sb, ib, tol: float) -> str | None:
     worst = np.abs(sa.astype(np.float64) - sb.astype(np.float64)).max(initial=0.0)
     if worst > tol:  # the i-th best score moves by no more than any one score does
         return f"the scores by rank differ by {worst:.3g} > tolerance {tol:.3g}"
-    score_a, score_b = dict(zip(ia.tolist(), sa.tolist())), dict(zip(ib.tolist(), sb.tolist()))
     for item in score_a.keys() & score_b.keys():
         if abs(score_a[item] - score_b[item]) > tol:
             return f"id {item} scored {score_a[item]:.7g} vs {score_b[item]:.7g} (tolerance {tol:.3g})"
@@ -195,12 +201,9 @@ def compare_topk(scores_a, ids_a, scores_b, ids_b, tolerance) -> TopkAgreement:
     lines: list[str] = []
     worst = 0.0
     for row in range(sa.shape[0]):
-        both = np.intersect1d(ia[row][ia[row] >= 0], ib[row][ib[row] >= 0])
-        if len(both):
-            by_a = dict(zip(ia[row].tolist(), sa[row].tolist()))
-            by_b = dict(zip(ib[row].tolist(), sb[row].tolist()))
-            worst = max(worst, max(abs(by_a[i] - by_b[i]) for i in both.tolist()))
-        reason = _row_disagreement(sa[row], ia[row], sb[row], ib[row], float(tol[row]))
+        score_a, score_b = _scores_by_id(sa[row], ia[row]), _scores_by_id(sb[row], ib[row])
+        worst = max([worst] + [abs(score_a[i] - score_b[i]) for i in score_a.keys() & score_b.keys()])
+        reason = _row_disagreement(sa[row], ia[row], sb[row], ib[row], score_a, score_b, float(tol[row]))
         if reason is not None:
             lines.append(f"row {row}: {reason}")
         elif np.array_equal(ia[row], ib[row]):
