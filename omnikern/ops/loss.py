@@ -170,8 +170,8 @@ def _valid_pairs(row_pos, row_q, col_ids, col_q, mask_rows, mask_cols, USE_QMASK
 
 
 # Integer specialisation of the loss kernels: B (queries) and N (candidates) stay specialised (== 1,
-# a multiple of 16, other). Unspecialised they cost registers: compiled for sm_90 the bf16 forward
-# with one prefix went from 0 to 112 B of spills, with six from 876 to 1,312 B
+# a multiple of 16, other). Unspecialised they cost registers: compiled for sm_90 at 4 warps the bf16
+# forward with one prefix went from 0 to 112 B of spills, with six from 876 to 1,312 B
 # (tools/sm90_compile_check.py, 2026-12-04), and this is the hot path. The price is one compile per
 # class seen (~14 s for an fp32 backward): omnikern.ops.warmup compiles the multiple-of-16 and the
 # other class of both up front. D (backward) masks the contiguous axis of the gradient stores (16 | D
