@@ -11,12 +11,12 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
 @contextlib.contextmanager
-def _replacing(path: str | os.PathLike) -> Iterator[Path]:
+def replacing_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside ``path`` to fill; renames it over ``path`` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,7 +34,7 @@ def _replacing(path: str | os.PathLike) -> Iterator[Path]:
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Writes ``data`` to ``path`` atomically (creating parent folders) and returns the path."""
-    with _replacing(path) as tmp:
+    with replacing_file(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
@@ -46,6 +46,29 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def copy_file_atomic(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Copies the file ``source`` to ``target`` atomically (streamed, not read into memory)."""
-    with _replacing(target) as tmp:
+    with replacing_file(target) as tmp:
         shutil.copyfile(source, tmp)
     return Path(target)
+
+
+def write_dir_atomic(target: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Runs ``write(tmp_dir)`` on a fresh temporary directory beside ``target``, then moves it to
+    ``target`` (replacing a previous one) and returns ``target``; on any failure the temporary
+    directory is removed and ``target`` is untouched."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists():
+            # os.replace cannot replace a non-empty directory: move the old one aside first.
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / "x")
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -1,20 +1,78 @@
-"""The ``omnikern`` command: train, evaluate, export to Triton, serve, query, and the demo."""
+"""The ``omnikern`` command: train, evaluate, export to Triton, serve, query, hash, and the demo.
+
+Every subcommand is defined here. Each imports what it needs when it runs, so that
+``omnikern --help`` starts in a fraction of a second (no torch, triton or models loaded).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
-# Subcommands still being built: name -> the issue that delivers it. They exist so that `--help`
-# shows the whole tool, and say clearly that they are not there yet.
-_PLANNED = {
-}
+# ---------------------------------------------------------------------------------------------
+# train / eval / demo
+# ---------------------------------------------------------------------------------------------
+
+
+def _config_from_args(args: argparse.Namespace):
+    from omnikern.models.config import apply_overrides, load_config
+    from omnikern.recipe import ABLATIONS
+
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    if args.cache_dir is not None:
+        overrides.append(f"data.cache_dir={json.dumps(str(args.cache_dir))}")
+    config = load_config(args.config, overrides)
+    if getattr(args, "ablation", None):
+        apply_overrides(config, ABLATIONS[args.ablation])
+    return config
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from omnikern.recipe import export_for_serving, recipe_trainer
+
+    trainer = recipe_trainer(_config_from_args(args), args.out, resume=args.resume)
+    try:
+        last = trainer.train()
+    finally:
+        trainer.close()
+    if trainer.rank == 0:
+        tower_dir, index_path = export_for_serving(trainer.model, trainer.data, args.out)
+        print(f"trained {trainer.step_count} steps, last loss {last.get('loss', float('nan')):.4f}, "
+              f"skipped {trainer.bad_steps}; checkpoint in {args.out}")
+        print(f"for serving: omnikern export-triton --checkpoint {tower_dir} --index {index_path} --out <repo>")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from omnikern.index import Int8Index
+    from omnikern.models.recipe_eval import evaluate_recipe_model, format_table, write_results
+    from omnikern.recipe import build_encoder, load_trained
+
+    model, config, data = load_trained(args.checkpoint)
+    index = None
+    if args.index is not None:
+        index = Int8Index.load(args.index)
+        if index.dim > config.model.output_dim:
+            print(f"omnikern eval: --index {args.index} has dim {index.dim}, wider than the checkpoint's embedding "
+                  f"({config.model.output_dim}): it was built for another model", file=sys.stderr)
+            return 2
+    zero_shot = build_encoder(config, len(data.tokenizer)) if args.zero_shot else None
+    results = evaluate_recipe_model(model, data, zero_shot=zero_shot, index=index)
+    json_path, png_path = write_results(results, args.out or Path(args.checkpoint), "results")
+    print(format_table(results))
+    print(f"wrote {json_path} and {png_path}")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """The main job: catalogue → legacy vectors → train on CPU → evaluate vs zero-shot → table
-    (``--ops``: only the quick op checks)."""
     from omnikern.demo import run_demo, run_op_checks
 
     if args.ops:
@@ -23,19 +81,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     serve=not args.no_serve)
 
 
-def _cmd_hash(args: argparse.Namespace) -> int:
-    from omnikern.text import string_id_hash
-
-    for text, entity_id in zip(args.strings, string_id_hash(args.strings, bits=args.bits)):
-        print(f"{entity_id}\t{text}")
-    return 0
+# ---------------------------------------------------------------------------------------------
+# export-triton / serve / query
+# ---------------------------------------------------------------------------------------------
 
 
 def _cmd_export_triton(args: argparse.Namespace) -> int:
-    import tempfile
-    from pathlib import Path
-
-    from omnikern.serve.export import build_recipe_index, export_triton, zero_shot_tower
+    from omnikern.models.encoders import zero_shot_tower
+    from omnikern.recipe import build_recipe_index
+    from omnikern.serve.export import export_triton
 
     if (args.checkpoint is None) == (not args.zero_shot):
         print("omnikern export-triton: give exactly one of --checkpoint DIR or --zero-shot", file=sys.stderr)
@@ -63,10 +117,7 @@ def _cmd_export_triton(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import signal
-    import time
-
-    from omnikern.serve import TritonServer, TritonServerError
+    from omnikern.serve.server import TritonServer, TritonServerError
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -110,9 +161,7 @@ def _recipe_titles() -> dict[int, str]:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    import time
-
-    from omnikern.serve import Client
+    from omnikern.serve.client import Client
 
     try:
         from tritonclient.utils import InferenceServerException
@@ -140,28 +189,73 @@ def _cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# hash
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_hash(args: argparse.Namespace) -> int:
+    from omnikern.text import string_id_hash
+
+    for text, entity_id in zip(args.strings, string_id_hash(args.strings, bits=args.bits)):
+        print(f"{entity_id}\t{text}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The parser
+# ---------------------------------------------------------------------------------------------
+
+# Named ablations of `train --ablation` (omnikern.recipe.ABLATIONS; listed here so that --help
+# needs no import of the models).
+_ABLATION_NAMES = ("full", "in_batch_only", "no_id_mask", "no_legacy_init", "no_logq", "no_small_dims",
+                   "reference_loss", "seed_1", "seed_2")
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="JSON or TOML config file (sections data/model/loss/optim/train)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value (JSON value, else a string); repeatable")
+    parser.add_argument("--steps", type=int, help="shorthand for --set train.steps=N")
+    parser.add_argument("--cache-dir", type=Path, help="shorthand for --set data.cache_dir=DIR (legacy vector cache)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from omnikern import __version__
 
-    parser = argparse.ArgumentParser(prog="omnikern", description=__doc__)
+    parser = argparse.ArgumentParser(prog="omnikern", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"omnikern {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    for name, (help_text, _) in _PLANNED.items():
-        planned = sub.add_parser(name, help=f"{help_text} (not built yet)")
-        planned.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    train = sub.add_parser("train", help="train a model on the recipe catalogue (torchrun for several ranks)")
+    _add_config_arguments(train)
+    train.add_argument("--out", type=Path, default=Path("runs/omnikern"),
+                       help="run directory: checkpoints, scalars.csv, and the query tower + item index for serving "
+                       "(default runs/omnikern)")
+    train.add_argument("--resume", type=Path, help="checkpoint or run directory to continue from")
+    train.add_argument("--ablation", choices=_ABLATION_NAMES, help="apply a named ablation's overrides")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = sub.add_parser("eval", help="evaluate a checkpoint: Recall@10/100 and MRR per query kind")
+    evaluate.add_argument("checkpoint", type=Path, help="checkpoint or run directory")
+    evaluate.add_argument("--out", type=Path, help="where results.json/.png go (default: the checkpoint)")
+    evaluate.add_argument("--index", type=Path, help="an Int8Index file under recipe ids (e.g. RUN/item_index.safetensors): "
+                          "also evaluate the query tower against it")
+    evaluate.add_argument("--zero-shot", action="store_true", help="also score the untrained encoder (baseline)")
+    evaluate.set_defaults(func=_cmd_eval)
 
     export = sub.add_parser("export-triton", help="write a Triton Inference Server model repository")
-    export.add_argument("--checkpoint", help="query-tower checkpoint directory: query_tower.json + "
-                        "query_tower.safetensors + wordpiece.json (omnikern.serve.save_query_tower)")
+    export.add_argument("--checkpoint", help="query-tower directory: query_tower.json + query_tower.safetensors + "
+                        "wordpiece.json (omnikern train writes RUN/query_tower)")
     export.add_argument("--zero-shot", action="store_true", help="export the untrained MiniLM query tower instead; "
                         "without --index, builds a recipe index with it")
     export.add_argument("--index", help="an Int8Index file (Int8Index.save) whose dim is the tower's output")
     export.add_argument("--out", required=True, help="model repository directory to write")
     export.add_argument("--limit", type=int, default=None, help="--zero-shot index: only the first N recipes")
-    export.add_argument("--max-batch-size", type=int, default=64)
-    export.add_argument("--instance-kind", choices=("KIND_CPU", "KIND_GPU"), default="KIND_CPU")
-    export.add_argument("--instance-count", type=int, default=1)
+    export.add_argument("--max-batch-size", type=int, default=64, help="rows per dynamic batch (default 64)")
+    export.add_argument("--instance-kind", choices=("KIND_CPU", "KIND_GPU"), default="KIND_CPU",
+                        help="where the encoder and scorer run (the tokenizer always runs on CPU)")
+    export.add_argument("--instance-count", type=int, default=1, help="instances of each model (default 1)")
     export.add_argument("--k", type=int, default=10, help="results per query when a request gives no k")
     export.add_argument("--encoder-runtime", choices=("auto", "torch", "onnx"), default="auto",
                         help="run the query encoder with torch, or as an ONNX graph in onnxruntime (CPU only); "
@@ -173,23 +267,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=_cmd_export_triton)
 
     serve = sub.add_parser("serve", help="start tritonserver on a model repository (127.0.0.1, free ports)")
-    serve.add_argument("--model-repo", required=True)
+    serve.add_argument("--model-repo", required=True, help="the repository export-triton wrote")
     serve.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the models to load")
     serve.set_defaults(func=_cmd_serve)
 
     query = sub.add_parser("query", help="send text queries to a running server and print the top-k")
-    query.add_argument("texts", nargs="+", metavar="TEXT")
+    query.add_argument("texts", nargs="+", metavar="TEXT", help="one query per argument")
     query.add_argument("--url", required=True, help="host:port of the HTTP (or gRPC) endpoint")
-    query.add_argument("--k", type=int, default=10)
-    query.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    query.add_argument("--k", type=int, default=10, help="results per query (default 10)")
+    query.add_argument("--protocol", choices=("http", "grpc"), default="http", help="how to talk to the server")
     query.set_defaults(func=_cmd_query)
 
-
-    # ---- model: train / eval / demo ----
-    from omnikern.models.commands import add_model_commands
-
-    add_model_commands(sub)
-    demo = sub.add_parser("demo", help="the main job: train on the recipe catalogue on CPU, compare with zero-shot MiniLM")
+    demo = sub.add_parser("demo", help="the main job: train on the recipe catalogue on CPU, compare with zero-shot "
+                          "MiniLM, serve and query the result")
     demo.add_argument("--cache-dir", help="cache for legacy vectors (default ~/.cache/omnikern)")
     demo.add_argument("--out", help="run directory (default <cache-dir>/demo)")
     demo.add_argument("--steps", type=int, help="training steps (default: the demo preset)")
@@ -198,21 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--ops", action="store_true", help="only check the ops against their references (seconds)")
     demo.add_argument("--full", action="store_true", help="with --ops: full sizes")
     demo.set_defaults(func=_cmd_demo)
-    # ---- end model ----
 
     hash_cmd = sub.add_parser("hash", help="print the entity id of each string")
-    hash_cmd.add_argument("strings", nargs="+")
-    hash_cmd.add_argument("--bits", type=int, choices=(32, 64), default=32)
+    hash_cmd.add_argument("strings", nargs="+", help="the strings to hash")
+    hash_cmd.add_argument("--bits", type=int, choices=(32, 64), default=32, help="id width (default 32)")
     hash_cmd.set_defaults(func=_cmd_hash)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command in _PLANNED:
-        print(f"omnikern {args.command}: not built yet (it comes with {_PLANNED[args.command][1]})", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

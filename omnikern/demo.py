@@ -12,15 +12,30 @@ the ops against their references in seconds.
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from omnikern.ops import l2_normalize
+from omnikern._atomic import write_text_atomic
+from omnikern.data.queries import KINDS
+from omnikern.index import Int8Index
+from omnikern.models.checkpoint import load_query_tower
+from omnikern.models.config import apply_overrides, load_config
+from omnikern.models.recipe_eval import evaluate_recipe_model, format_table, write_results
+from omnikern.ops.l2norm import l2_normalize
 from omnikern.ops.reference import l2_normalize_ref
+from omnikern.parity import SERVED_EMBEDDING_EPS, compare_topk, score_tolerance
+from omnikern.recipe import ABLATIONS, build_data, build_encoder, export_for_serving, recipe_trainer
+from omnikern.recipe import cache_dir as resolve_cache
+from omnikern.serve.client import Client
+from omnikern.serve.export import export_triton
+from omnikern.serve.server import TritonServer
 from omnikern.text import string_id_hash
 
 
@@ -74,8 +89,6 @@ DEMO_OVERRIDES = [
 
 def demo_config(cache_dir: str | None = None, steps: int | None = None, extra: list[str] | None = None):
     """Returns the demo's :class:`~omnikern.models.config.Config`."""
-    from omnikern.models.config import load_config
-
     overrides = list(DEMO_OVERRIDES)
     if cache_dir is not None:
         overrides.append(f'data.cache_dir="{cache_dir}"')
@@ -87,8 +100,6 @@ def demo_config(cache_dir: str | None = None, steps: int | None = None, extra: l
 def comparison_table(results: dict, ablations: dict | None = None) -> str:
     """Returns the headline table: Recall@10 per query kind for zero-shot MiniLM, the trained
     model (learned tower at 256 and full dim) and the trained query on the legacy (fixed) index."""
-    from omnikern.data.queries import KINDS
-
     towers = results["towers"]
     full = max(towers["learned"], key=int)
     rows = [("zero-shot MiniLM (256-d PCA)", towers["zero_shot"]["256"]["int8"])] if "zero_shot" in towers else []
@@ -106,8 +117,6 @@ def comparison_table(results: dict, ablations: dict | None = None) -> str:
 
 
 def _loss_curve(run: Path) -> dict[int, float]:
-    import csv
-
     with open(run / "scalars.csv", newline="", encoding="utf-8") as handle:
         return {int(row["step"]): float(row["loss"]) for row in csv.DictReader(handle)}
 
@@ -158,23 +167,6 @@ def run_demo(cache_dir: str | None = None, out: str | None = None, steps: int | 
     Raises:
         CatalogueNotInstalledError / FileNotFoundError: the catalogue or encoder package is missing.
     """
-    import json
-
-    from omnikern._atomic import write_text_atomic
-    from omnikern.models.commands import ABLATIONS
-    from omnikern.models.recipe_eval import (
-        evaluate_recipe_model,
-        format_table,
-        write_results,
-    )
-    from omnikern.models.trainer import (
-        Trainer,
-        build_data,
-        build_encoder,
-        export_for_serving,
-    )
-    from omnikern.models.trainer import cache_dir as resolve_cache
-
     start = time.perf_counter()
     config = demo_config(cache_dir, steps)
     root = Path(out) if out else resolve_cache(config) / "demo"
@@ -186,11 +178,9 @@ def run_demo(cache_dir: str | None = None, out: str | None = None, steps: int | 
           f"[{time.perf_counter() - start:.0f} s]")
 
     def train_and_eval(name: str, overrides: list[str], zero_shot: bool) -> dict:
-        from omnikern.models.config import apply_overrides
-
         cfg = apply_overrides(demo_config(cache_dir, steps), overrides)
         run = root / name
-        trainer = Trainer(cfg, run, data=data, resume=run if (run / "latest.json").is_file() else None)
+        trainer = recipe_trainer(cfg, run, data=data, resume=run if (run / "latest.json").is_file() else None)
         trainer.train()
         baseline = build_encoder(cfg, len(data.tokenizer)) if zero_shot else None
         results = evaluate_recipe_model(trainer.model, data, zero_shot=baseline)
@@ -233,23 +223,16 @@ def serve_and_query(run: Path, data, num_queries: int = 64) -> bool:
     ``SERVED_EMBEDDING_EPS`` of the in-process ones, and the served top-10 must equal the
     in-process top-10 up to swaps that such a move can cause. Returns False only on a real
     disagreement."""
-    import numpy as np
-
-    from omnikern import Int8Index
-    from omnikern.parity import SERVED_EMBEDDING_EPS, compare_topk, score_tolerance
-    from omnikern.serve import Client, TritonServer, export_triton, load_query_tower
-
     if importlib.util.find_spec("pytriton") is None or importlib.util.find_spec("tritonclient") is None:
         print("serving skipped: the serve extra is not installed (pip install 'omnikern[serve]')")
         return True
     repo = export_triton(run / "query_tower", run / "item_index.safetensors", run / "model_repo", overwrite=True)
     titles = {int(recipe.id): recipe.title for recipe in data.recipes}
     texts = [query.text for query in data.queries.eval[:num_queries]]
-    tower, _ = load_query_tower(run / "query_tower")
-    tower.eval()
+    tower = load_query_tower(run / "query_tower")
     index = Int8Index.load(run / "item_index.safetensors")
     with torch.no_grad():
-        embedding = tower.encode(texts).float()
+        embedding = tower.encode(texts, convert_to_tensor=True).float()
     expected_scores, expected_ids = index.search(embedding, k=10)
     with TritonServer(repo) as server, Client(server.url_grpc, protocol="grpc") as client:
         print(f"tritonserver ready in {server.startup_s:.1f} s at {server.url_http} (HTTP), {server.url_grpc} (gRPC)")

@@ -1,4 +1,4 @@
-"""The recipe catalogue, query construction and synthetic batches (issue: model and trainer)."""
+"""Data: the recipe catalogue, query construction, the data contract, batches and synthetic data."""
 
 from omnikern.data.queries import Query, QueryConfig, QuerySets, build_query_sets
 from omnikern.data.recipes import CatalogueNotInstalledError, Recipe, load_recipes

@@ -30,7 +30,7 @@ import torch
 
 from omnikern.data.queries import QuerySets
 from omnikern.data.recipes import TEXT_FIELDS, Recipe
-from omnikern.models.towers import TaskBatch
+from omnikern.data.contract import TaskBatch
 
 LEGACY_FEATURE = "legacy"
 
@@ -133,6 +133,15 @@ class MultiTaskSampler:
         self.pairs = np.asarray(queries.train_pairs, dtype=np.int64).reshape(-1, 2)
         self.negative_pool = np.asarray(queries.train_recipes, dtype=np.int64)
         self.rng = np.random.default_rng(seed)
+
+    def shard(self, rank: int, world: int) -> None:
+        """Keeps only this rank's shard of the positives and pairs: rows ``rank, rank + world, ...``,
+        as ``DistributedSampler`` splits a dataset (in place; nothing to do for one rank)."""
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, world={world}), got {rank}")
+        self.positives = self.positives[rank::world]
+        if len(self.pairs):
+            self.pairs = self.pairs[rank::world]
 
     def item_task(self, num_pairs: int) -> TaskBatch:
         """Returns one query → recipe task batch of ``num_pairs`` pairs and their random negatives."""

@@ -7,7 +7,7 @@ once per catalogue and never trained:
 1. Each recipe becomes one document (:func:`recipe_document`): ``"<title>. <category>.
    Ingredients: <i1>, <i2>, …. <step 1> <step 2> …"`` (category omitted when None); the encoder's
    tokenizer truncates it (all-MiniLM-L6-v2 was trained on 256 tokens).
-2. The zero-shot encoder embeds the documents (:class:`ZeroShotEncoder`: all-MiniLM-L6-v2, mean
+2. The zero-shot encoder embeds the documents (:class:`omnikern.models.encoders.ZeroShotEncoder`, given by the caller: all-MiniLM-L6-v2, mean
    pooling, L2-normalised, 384-d) → ``X (N, H)``.
 3. Reduction to ``dim = 256`` by PCA fitted on the catalogue (default): ``μ = mean(X)``, the top
    ``dim`` right singular vectors ``C (dim, H)`` of ``X − μ`` (sign fixed so each component's
@@ -47,45 +47,6 @@ def recipe_document(recipe: Recipe) -> str:
         parts.append("Ingredients: " + ", ".join(recipe.ingredients) + ".")
     parts.extend(recipe.steps)
     return " ".join(parts)
-
-
-class ZeroShotEncoder:
-    """``texts -> (N, H)`` float32 unit rows: an HF encoder's masked-mean-pooled token states,
-    L2-normalised (the sentence-transformers recipe of all-MiniLM-L6-v2), without gradient.
-
-    Args:
-        encoder: a transformers model (output ``[0]`` is the token states).
-        tokenizer: object with ``encode_batch(texts) -> {"input_ids", "attention_mask"}``.
-        batch_size: texts per forward pass.
-        progress: show a tqdm bar.
-    """
-
-    def __init__(self, encoder: torch.nn.Module, tokenizer: object, batch_size: int = 64, progress: bool = False):
-        if not hasattr(tokenizer, "encode_batch"):
-            raise TypeError(f"tokenizer must have encode_batch(texts), got {type(tokenizer).__name__}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        self.encoder, self.tokenizer = encoder, tokenizer
-        self.batch_size, self.progress = batch_size, progress
-
-    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
-        from tqdm.auto import tqdm
-
-        from omnikern.models.towers import pool_mean
-
-        texts = list(texts)
-        device = next(self.encoder.parameters()).device
-        chunks = []
-        starts = range(0, len(texts), self.batch_size)
-        with torch.no_grad():
-            for start in tqdm(starts, desc="encoding", unit="batch", disable=not self.progress):
-                enc = self.tokenizer.encode_batch(texts[start:start + self.batch_size])
-                ids = torch.as_tensor(np.asarray(enc["input_ids"]), dtype=torch.int64, device=device)
-                mask = torch.as_tensor(np.asarray(enc["attention_mask"]), dtype=torch.int64, device=device)
-                hidden = self.encoder(input_ids=ids, attention_mask=mask)[0]
-                chunks.append(l2_normalize(pool_mean(hidden, mask).float()).cpu())
-        hidden_size = getattr(getattr(self.encoder, "config", None), "hidden_size", 0)
-        return torch.cat(chunks) if chunks else torch.empty(0, hidden_size)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from omnikern.models.towers import FEATURISER_VOCAB, LEGACY_DIM, PUBLISHED_TEXT_FIELDS, VISUAL_BITS, TaskBatch
+from omnikern.data.contract import FEATURISER_VOCAB, LEGACY_DIM, PUBLISHED_TEXT_FIELDS, VISUAL_BITS, TaskBatch
 
 QUERY_VOCAB = 30_522
 CLS_ID, SEP_ID, PAD_ID = 101, 102, 0

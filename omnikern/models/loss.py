@@ -1,4 +1,4 @@
-"""The training loss as modules: ``CountMinSketch`` and ``SampledSoftmaxLoss`` (spec: loss.md).
+"""The training loss as modules: ``CountMinSketch`` and ``SampledSoftmaxLoss`` (docs/loss.md).
 
 ``SampledSoftmaxLoss`` owns the learned temperature and four count-min sketches (query ids,
 (query, pos) pairs, in-batch candidate ids, random-negative ids). Each forward:
@@ -13,13 +13,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 
 from omnikern.ops.distributed import all_gather_rows
-from omnikern.ops.loss import resolve_prefixes, sampled_softmax_loss
+from omnikern.ops.loss import SampledSoftmaxLossOutput, resolve_prefixes, sampled_softmax_loss
 from omnikern.ops.reference import (
     COUNT_MIN_SEED,
     NEG_MODES,
@@ -104,26 +102,6 @@ class CountMinSketch(nn.Module):
         return f"width={self.width}, depth={self.depth}, count_dtype={self.counts.dtype}"
 
 
-@dataclass
-class SampledSoftmaxLossResult:
-    """What :class:`SampledSoftmaxLoss` returns.
-
-    Attributes:
-        total: the scalar loss, differentiable.
-        components: ``f"{term}@{dim}"`` → mean cross-entropy of that logit matrix and prefix
-            (detached, for logging); ``term`` in ``in_batch | random | mixed_concat``.
-        temperature: ``1 / scale`` after the clamp (detached scalar); ``scale`` is ``exp(t)``.
-        unmasked_negatives: per term, the mean number of negative columns per row that survive
-            the id masks (detached float scalar).
-    """
-
-    total: torch.Tensor
-    components: dict[str, torch.Tensor] = field(default_factory=dict)
-    temperature: torch.Tensor | None = None
-    scale: torch.Tensor | None = None
-    unmasked_negatives: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
 @torch.no_grad()
 def _mean_unmasked(row_pos, row_query, col_ids, col_query, max_elements: int = 1 << 24) -> torch.Tensor:
     """Mean over rows of the number of columns not masked by the id rules, in row chunks of at most
@@ -142,9 +120,13 @@ def _mean_unmasked(row_pos, row_query, col_ids, col_query, max_elements: int = 1
 class SampledSoftmaxLoss(nn.Module):
     """Sampled-softmax loss with learned temperature, logQ correction, id masks and Matryoshka prefixes.
 
-    ``forward(query, pos, neg, query_ids=…, pos_ids=…, neg_ids=…, weights=None)`` returns a
-    :class:`SampledSoftmaxLossResult`. The maths is ``omnikern.ops.reference.sampled_softmax_loss_ref``
-    with corrections from this module's sketches.
+    A drop-in for ``nn.CrossEntropyLoss`` over a logits matrix: ``loss_fn(query, pos, neg,
+    query_ids=…, pos_ids=…, neg_ids=…)`` returns the scalar loss tensor, without materialising any
+    logits. ``return_components=True`` returns a :class:`~omnikern.ops.loss.SampledSoftmaxLossOutput`
+    instead (the per-term, per-prefix components and the temperature), and ``count_unmasked=True``
+    adds the number of negatives that survive the id masks (O(B·N) id comparisons, so off by
+    default). The maths is ``omnikern.ops.reference.sampled_softmax_loss_ref`` with corrections
+    from this module's sketches.
 
     Args:
         neg_mode: ``in_batch | random | mixed_sum`` (default, the published one) ``| mixed_concat``.
@@ -231,13 +213,18 @@ class SampledSoftmaxLoss(nn.Module):
         pos_ids: torch.Tensor,
         neg_ids: torch.Tensor | None = None,
         weights: torch.Tensor | None = None,
-    ) -> SampledSoftmaxLossResult:
-        """Returns the loss, its components and diagnostics for one batch (see the class docstring).
+        return_components: bool = False,
+        count_unmasked: bool = False,
+    ) -> torch.Tensor | SampledSoftmaxLossOutput:
+        """Returns the scalar loss of one batch, or with ``return_components`` (or
+        ``count_unmasked``) its :class:`~omnikern.ops.loss.SampledSoftmaxLossOutput` (class docstring).
 
         Args:
             query, pos: (B, D) on one device; neg: (R, D) random negatives (not for ``in_batch``;
                 None means none this step: the random term is then 0).
             query_ids, pos_ids: (B,) int64; neg_ids: (R,) int64; weights: optional (B,).
+            return_components: return the output object instead of the loss tensor.
+            count_unmasked: fill its ``unmasked_negatives`` (implies ``return_components``).
         """
         with torch.no_grad():
             # Clamp the parameter itself (spec): a functional clamp would zero dL/dt at the bound.
@@ -311,22 +298,21 @@ class SampledSoftmaxLoss(nn.Module):
         else:
             out = sampled_softmax_loss(query, pos, neg, impl=self.impl, return_components=True, **args)
             total, components = out.total, out.components
+        if not (return_components or count_unmasked):
+            return total
 
         unmasked: dict[str, torch.Tensor] = {}
-        if uses_in_batch:
-            unmasked["in_batch"] = _mean_unmasked(pos_ids, query_ids, cand_ids, cand_query_ids)
-        if uses_random and neg is not None:
-            unmasked["random"] = _mean_unmasked(pos_ids, query_ids, neg_ids, None)
-        if self.neg_mode == "mixed_concat":
-            unmasked = {"mixed_concat": unmasked["in_batch"] + unmasked["random"]}
+        if count_unmasked:
+            if uses_in_batch:
+                unmasked["in_batch"] = _mean_unmasked(pos_ids, query_ids, cand_ids, cand_query_ids)
+            if uses_random and neg is not None:
+                unmasked["random"] = _mean_unmasked(pos_ids, query_ids, neg_ids, None)
+            if self.neg_mode == "mixed_concat":
+                unmasked = {"mixed_concat": unmasked["in_batch"] + unmasked["random"]}
+        dims, dim_weights = resolve_prefixes(self.dims, self.dim_weights, query.shape[1])
         scale = self.log_scale.detach().exp()
-        return SampledSoftmaxLossResult(
-            total=total,
-            components={name: value.detach() for name, value in components.items()},
-            temperature=1.0 / scale,
-            scale=scale,
-            unmasked_negatives=unmasked,
-        )
+        return SampledSoftmaxLossOutput(total=total, components=dict(components), dims=dims, dim_weights=dim_weights,
+                                        temperature=1.0 / scale, scale=scale, unmasked_negatives=unmasked)
 
     def extra_repr(self) -> str:
         return (

@@ -33,8 +33,11 @@ from torch import nn
 
 from omnikern._atomic import write_bytes_atomic, write_text_atomic
 from omnikern.data.queries import KINDS
+from omnikern.index import Int8Index
+from omnikern.models.container import QUERY_KEY
+from omnikern.models.encoders import ZeroShotEncoder
 from omnikern.models.evaluate import evaluate_exact, evaluate_topk
-from omnikern.ops import l2_normalize
+from omnikern.ops.l2norm import l2_normalize
 
 METRICS = ("recall@10", "recall@100", "mrr")
 
@@ -64,14 +67,13 @@ def item_embeddings(model: nn.Module, data, batch_size: int = 512) -> dict[str, 
 def query_embeddings(model: nn.Module, queries, batch_size: int = 256) -> torch.Tensor:
     """Returns the query tower's unit embeddings (Q, D) of ``queries`` (``Query`` objects)."""
     model.eval()
-    return model.tower(("query", "learned")).encode([q.text for q in queries], batch_size=batch_size).float().cpu()
+    texts = [q.text for q in queries]
+    return model.tower(QUERY_KEY).encode(texts, batch_size=batch_size, convert_to_tensor=True).float().cpu()
 
 
 @torch.no_grad()
 def zero_shot_query_embeddings(encoder: nn.Module, tokenizer, legacy, queries) -> torch.Tensor:
     """Returns the zero-shot pooled query vectors projected by the legacy PCA (Q, legacy_dim)."""
-    from omnikern.data.legacy import ZeroShotEncoder
-
     raw = ZeroShotEncoder(encoder.eval(), tokenizer, batch_size=256)([q.text for q in queries])
     return legacy.project(raw)
 
@@ -82,8 +84,6 @@ def _prefix(x: torch.Tensor, d: int) -> torch.Tensor:
 
 def score_tower(query_emb: torch.Tensor, index_emb: torch.Tensor, queries, dims: list[int]) -> dict[str, Any]:
     """Returns ``{str(d): {"int8": metrics, "exact": metrics, "agreement": {...}}}`` for one tower."""
-    from omnikern import Int8Index
-
     # The index ids are catalogue positions, which is what the metrics take.
     n = index_emb.shape[0]
     index = Int8Index(index_emb.shape[1])
@@ -106,10 +106,28 @@ def score_tower(query_emb: torch.Tensor, index_emb: torch.Tensor, queries, dims:
     return out
 
 
+def score_index(query_emb: torch.Tensor, index: Int8Index, entity_ids: torch.Tensor, queries) -> dict[str, Any]:
+    """Returns ``{str(index.dim): {"int8": metrics}}``: ``index`` (a user's own, e.g. the one
+    ``omnikern train`` exported, under entity ids) searched with the queries' first ``index.dim``
+    columns. Its ids are mapped to catalogue positions through ``entity_ids`` (position i has id
+    ``entity_ids[i]``); ids outside the catalogue count as misses.
+
+    Raises:
+        ValueError: the index is wider than the query embedding.
+    """
+    if index.dim > query_emb.shape[1]:
+        raise ValueError(f"index dim {index.dim} is wider than the query tower's embedding ({query_emb.shape[1]})")
+    k = min(max(len(index), 1), 100 + max((len(q.ignore) for q in queries), default=0))
+    _, found = index.search(query_emb[:, :index.dim].float().contiguous(), k=k)
+    position = {int(i): p for p, i in enumerate(entity_ids.tolist())}
+    top = np.vectorize(lambda i: position.get(int(i), -1), otypes=[np.int64])(found.numpy())
+    return {str(index.dim): {"int8": evaluate_topk(top, queries)}}
+
+
 def evaluate_recipe_model(model: nn.Module, data, zero_shot: nn.Module | None = None,
-                          split: str = "eval") -> dict[str, Any]:
+                          split: str = "eval", index: Int8Index | None = None) -> dict[str, Any]:
     """Returns the results dict (module docstring): ``towers → dim → {int8, exact, agreement}``,
-    plus query counts."""
+    plus query counts; with ``index``, also ``towers["index"]`` (:func:`score_index`)."""
     queries = list(data.queries.eval if split == "eval" else data.queries.train)
     items = item_embeddings(model, data)
     q = query_embeddings(model, queries)
@@ -122,6 +140,8 @@ def evaluate_recipe_model(model: nn.Module, data, zero_shot: nn.Module | None = 
     if zero_shot is not None:
         zq = zero_shot_query_embeddings(zero_shot, data.tokenizer, data.legacy, queries)
         results["towers"]["zero_shot"] = score_tower(zq, items["fixed"], queries, [legacy_dim])
+    if index is not None:
+        results["towers"]["index"] = score_index(q, index, data.features.ids, queries)
     return results
 
 
@@ -130,7 +150,9 @@ def summary_rows(results: dict[str, Any], source: str = "int8") -> list[tuple[st
     rows = []
     for tower, by_dim in results["towers"].items():
         for dim, value in by_dim.items():
-            metrics = value[source]
+            metrics = value.get(source)
+            if metrics is None:  # a user's index has int8 results only
+                continue
             rows.append((tower, dim, {f"{kind}/{m}": metrics.get(kind, {}).get(m, float("nan"))
                                       for kind in KINDS for m in METRICS}))
     return rows
@@ -145,7 +167,7 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"{tower:<10}{dim:>5}" + cells)
     counts = results.get("queries", {})
     lines.append("queries: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    agree = [(t, d, v["agreement"]) for t, by in results["towers"].items() for d, v in by.items()]
+    agree = [(t, d, v["agreement"]) for t, by in results["towers"].items() for d, v in by.items() if "agreement" in v]
     lines.append("int8 vs exact: " + "; ".join(f"{t}@{d} top-10 overlap {a['top10_overlap']:.3f}, max metric diff "
                                                 f"{a['max_metric_diff']:.3f}" for t, d, a in agree))
     return "\n".join(lines)

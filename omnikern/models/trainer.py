@@ -1,11 +1,10 @@
-"""Training the recipe OmniSearchSage: data and model set-up, the loop, checkpoints, resume, ranks.
+"""The training loop: optimiser, schedule, checkpoints and resume, NaN guard, ranks.
 
 One step (``Trainer.step``):
 
-1. the :class:`~omnikern.data.batches.MultiTaskSampler` of this rank draws the task batches
-   (query → recipe with random negatives, query → query); ranks draw from disjoint shards of the
-   training positives and pairs (``rank::world``, as ``DistributedSampler`` does) with generator
-   seed ``seed + 1000·rank``;
+1. this rank's sampler draws the task batches (for the recipe model, query → recipe with random
+   negatives and query → query); ranks draw from disjoint shards of the data, as
+   ``DistributedSampler`` does, with their own generator seeds;
 2. forward under bf16 autocast when on CUDA (``train.bf16``), the container sums the loss over
    keys; positives and negatives are all-gathered inside the loss, with gradient;
 3. backward, then every gradient is all-reduced and divided by the world size (the loss of the
@@ -17,14 +16,14 @@ One step (``Trainer.step``):
 5. gradient clipping to ``optim.clip_norm`` (global norm), optimiser step, schedule step:
    linear warm-up from 0 over ``warmup_steps``, then cosine to ``min_lr_ratio · lr`` at ``steps``.
 
-Checkpoints (:func:`save_checkpoint`): a directory ``step_<N>/`` holding ``config.json`` (the full
-config, the step, counters, format name and version, the optimiser's param groups, the samplers'
-generator states) and ``model.safetensors`` / ``optimizer.safetensors`` / ``rng.safetensors``.
-It is written into a temporary directory next to it and moved into place with ``os.replace``, so
-a crash leaves either the old checkpoint or the new one, never a partial one; ``latest.json`` in
-the run directory names the newest (written the same way). Resuming restores the model, the
-optimiser, the schedule, the counters and every RNG, so a resumed run continues exactly as an
-uninterrupted one would (same parameters, bit for bit, on the same machine and world size).
+Checkpoints (:mod:`omnikern.models.checkpoint`): ``<run>/step_<N>/``, written atomically, with
+``latest.json`` naming the newest. Resuming restores the model, the optimiser, the schedule, the
+counters and every RNG, so a resumed run continues exactly as an uninterrupted one would (same
+parameters, bit for bit, on the same machine and world size).
+
+What to train comes from outside: a *setup* function builds the model and the batch sampler for
+this rank (:class:`TrainingSetup`; the recipe catalogue's is :func:`omnikern.recipe.recipe_setup`),
+so the loop knows nothing of any dataset.
 
 Scalars go to ``<run>/scalars.csv`` (step, loss, per-key losses, lr, temperature, grad norm, skipped
 steps, seconds).
@@ -33,26 +32,24 @@ steps, seconds).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
-import shutil
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
 from torch import nn
+from tqdm.auto import tqdm
 
+from omnikern.data.contract import TaskBatch
+from omnikern.models.checkpoint import load_model_state, load_optimizer_state, read_checkpoint_meta, save_checkpoint
 from omnikern.models.config import Config
-
-CHECKPOINT_FORMAT = "omnikern.checkpoint"
-CHECKPOINT_VERSION = 1
-DEFAULT_CACHE = Path("~/.cache/omnikern")
+from omnikern.models.loss import SampledSoftmaxLoss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,230 +103,6 @@ def init_distributed_from_env(device: torch.device) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Data and model set-up
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RecipeData:
-    """Everything the model and the evaluation need about the catalogue.
-
-    Attributes:
-        recipes: the catalogue; queries: the train/eval query sets; legacy: frozen vectors
-        (N, legacy_dim); features: the learned tower's per-recipe inputs; tokenizer: query
-        WordPiece; featuriser_name: ``"ngram"`` or ``"wordpiece"``.
-    """
-
-    recipes: list
-    queries: Any
-    legacy: Any
-    features: Any
-    tokenizer: Any
-    featuriser_name: str
-    vocab_size: int
-
-
-def cache_dir(config: Config) -> Path:
-    return Path(config.data.cache_dir).expanduser() if config.data.cache_dir else DEFAULT_CACHE.expanduser()
-
-
-def load_tokenizer(config: Config, max_length: int):
-    """Returns the C++ WordPiece tokenizer of the encoder (MiniLM's ``tokenizer.json``)."""
-    from omnikern.models.towers import minilm_path
-    from omnikern.text import WordPieceTokenizer
-
-    encoder = config.model.encoder
-    root = minilm_path() if encoder in ("minilm", "tiny") else Path(encoder)
-    path = root / "tokenizer.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"model.encoder {encoder!r}: no tokenizer.json in {root}")
-    return WordPieceTokenizer.from_tokenizer_json(path, max_length=max_length)
-
-
-def build_encoder(config: Config, vocab_size: int) -> nn.Module:
-    """Returns the HF encoder named by ``model.encoder`` (``"tiny"``: random small BERT, seeded)."""
-    from omnikern.models.towers import load_encoder
-
-    encoder = config.model.encoder
-    if encoder == "tiny":
-        import transformers
-
-        h = config.model.tiny_hidden
-        bert = transformers.BertConfig(vocab_size=vocab_size, hidden_size=h, num_hidden_layers=2,
-                                       num_attention_heads=2, intermediate_size=2 * h, max_position_embeddings=128)
-        return transformers.BertModel(bert)  # with the pooler, as HF checkpoints (and the serving loader) have it
-    return load_encoder(None if encoder == "minilm" else encoder)
-
-
-def _truncating(featurise, max_chars: int):
-    def run(texts: list[str]):
-        return featurise([t[:max_chars] for t in texts])
-    return run
-
-
-def wordpiece_featuriser(tokenizer, max_tokens: int):
-    """Returns ``texts -> {"input_ids" (N,), "offsets" (B,)}``: each text's WordPiece ids without
-    [CLS]/[SEP], at most ``max_tokens``."""
-
-    def featurise(texts: list[str]) -> dict[str, np.ndarray]:
-        rows = [tokenizer.encode(t)[1:-1][:max_tokens] for t in texts]
-        lengths = np.array([len(r) for r in rows], dtype=np.int64)
-        ids = np.fromiter((i for r in rows for i in r), dtype=np.int64, count=int(lengths.sum()))
-        return {"input_ids": ids, "offsets": np.cumsum(lengths) - lengths}
-
-    return featurise
-
-
-def build_data(config: Config, progress: bool = False) -> RecipeData:
-    """Loads the catalogue, builds the query sets, the cached legacy vectors and the features.
-
-    Raises:
-        CatalogueNotInstalledError / FileNotFoundError: the data or encoder package is missing
-            (the message names the pip command).
-    """
-    from omnikern.data import QueryConfig, build_query_sets, load_recipes
-    from omnikern.data.batches import RecipeFeatures
-    from omnikern.data.legacy import ZeroShotEncoder, ensure_legacy_vectors
-    from omnikern.data.recipes import TEXT_FIELDS
-
-    d = config.data
-    recipes = load_recipes(d.catalogue, check_count=d.max_recipes is None) if d.catalogue else load_recipes(
-        check_count=d.max_recipes is None)
-    if d.max_recipes is not None:
-        recipes = recipes[: d.max_recipes]
-    queries = build_query_sets(recipes, QueryConfig(seed=d.query_seed, eval_fraction=d.eval_fraction))
-    tokenizer = load_tokenizer(config, config.model.query_max_tokens)
-
-    # Legacy vectors: computed once by the zero-shot encoder, cached by encoder, size and catalogue.
-    tag = "tiny" if config.model.encoder == "tiny" else Path(config.model.encoder).name
-    ids_key = _catalogue_key(recipes)
-    path = cache_dir(config) / f"legacy_{tag}_{d.legacy_dim}_{d.legacy_max_tokens}_{len(recipes)}_{ids_key}.safetensors"
-
-    def encode(texts):
-        torch.manual_seed(config.train.seed)
-        encoder = build_encoder(config, len(tokenizer)).eval()
-        doc_tok = load_tokenizer(config, d.legacy_max_tokens)
-        return ZeroShotEncoder(encoder, doc_tok, batch_size=64, progress=progress)(texts)
-
-    legacy = ensure_legacy_vectors(path, recipes, encode, dim=d.legacy_dim)
-
-    name = config.model.featuriser
-    if name not in ("auto", "ngram", "wordpiece"):
-        raise ValueError(f"model.featuriser must be 'auto', 'ngram' or 'wordpiece', got {name!r}")
-    ngram = None
-    if name in ("auto", "ngram"):
-        try:
-            from omnikern.text import NGramFeaturizer, build_ngram_vocabs  # lands with the n-gram issue
-            ngram = (NGramFeaturizer, build_ngram_vocabs)
-        except ImportError:
-            if name == "ngram":
-                raise
-    if ngram is not None:
-        featurizer_cls, build_vocabs = ngram
-        corpus = [recipes[i].text_fields()[f][: d.field_max_chars] for i in queries.train_recipes for f in TEXT_FIELDS]
-        featurizer = featurizer_cls.from_vocabs(build_vocabs(corpus, caps=tuple(config.model.ngram_caps)))
-        featurise, vocab_size, featuriser_name = featurizer.featurize, featurizer.vocab_size, "ngram"
-    else:
-        featurise = wordpiece_featuriser(load_tokenizer(config, None), d.field_max_tokens)
-        vocab_size, featuriser_name = len(tokenizer), "wordpiece"
-    features = RecipeFeatures(recipes, _truncating(featurise, d.field_max_chars), legacy.vectors)
-    return RecipeData(recipes, queries, legacy, features, tokenizer, featuriser_name, int(vocab_size))
-
-
-def _catalogue_key(recipes) -> str:
-    import hashlib
-
-    digest = hashlib.sha256(np.asarray([r.id for r in recipes], dtype=np.int64).tobytes())
-    return digest.hexdigest()[:12]
-
-
-class ContainerLoss(nn.Module):
-    """Routes the container's loss calls to one :class:`~omnikern.models.loss.SampledSoftmaxLoss`
-    per candidate key, and switches id masking off when asked.
-
-    The container calls the loss once per candidate key in one forward. Each key gets its own
-    :class:`SampledSoftmaxLoss` (own temperature and sketches, so each key's logQ totals are its
-    own, as the published per-key losses have). Routing: a call without random negatives is the query →
-    query task (``neg_mode="in_batch"``); with negatives, candidates of width ``learned_dim`` go
-    to the learned item key, narrower ones to the fixed key.
-
-    With ``id_masking=False`` each row's positive and query get fresh unique ids for the loss (the
-    negatives keep theirs), so only a row's own positive column is masked and accidental
-    duplicates count as negatives.
-    """
-
-    def __init__(self, learned: nn.Module, fixed: nn.Module, query: nn.Module, learned_dim: int,
-                 id_masking: bool = True) -> None:
-        super().__init__()
-        self.learned, self.fixed, self.query = learned, fixed, query
-        self.learned_dim = learned_dim
-        self.id_masking = id_masking
-        # A buffer, so that a resumed run continues the same fresh-id sequence.
-        self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
-
-    def forward(self, query, pos, neg=None, *, query_ids, pos_ids, neg_ids=None, weights=None):
-        if not self.id_masking:
-            b = query.shape[0]
-            # Negative ids cannot collide with string hashes (those are positive).
-            pos_ids = -(torch.arange(b, device=pos_ids.device, dtype=torch.int64) + 1 + self.calls * 2 * b)
-            query_ids = pos_ids - b
-            self.calls += 1
-        if neg is None:
-            loss = self.query
-        else:
-            loss = self.learned if pos.shape[1] == self.learned_dim else self.fixed
-        return loss(query, pos, neg, query_ids=query_ids, pos_ids=pos_ids, neg_ids=neg_ids, weights=weights)
-
-
-def build_model(config: Config, data: RecipeData) -> nn.Module:
-    """Returns the container (query tower, learned item tower, fixed tower) with the loss."""
-    from omnikern.models.loss import SampledSoftmaxLoss
-    from omnikern.models.towers import HashEmbeddingBag, QueryTower, build_recipe_model
-
-    m, lc = config.model, config.loss
-    torch.manual_seed(config.train.seed)
-    encoder = build_encoder(config, len(data.tokenizer))
-    if m.cache_frozen and m.train_encoder_layers >= 0:
-        from omnikern.models.frozen import CachedPrefixEncoder
-
-        encoder = CachedPrefixEncoder(encoder, m.train_encoder_layers)
-    query = QueryTower(encoder, tokenizer=data.tokenizer, pooling=m.pooling, output_dim=m.output_dim,
-                       normalize_pooled=m.legacy_init)
-    if m.legacy_init:
-        query.init_from_pca(data.legacy.mean, data.legacy.components)
-    if not hasattr(encoder, "cache"):
-        set_trainable_layers(query, m.train_encoder_layers)
-    options = dict(temperature=lc.temperature, dims=lc.dims, dim_weights=lc.dim_weights,
-                   logq_correction=lc.logq_correction, sketch_width=lc.sketch_width, impl=lc.impl)
-    if config.data.legacy_dim >= m.output_dim:
-        raise ValueError(f"data.legacy_dim ({config.data.legacy_dim}) must be below model.output_dim ({m.output_dim}): "
-                         "the fixed tower trains a prefix of the query embedding")
-    loss = ContainerLoss(SampledSoftmaxLoss(neg_mode=lc.neg_mode, **options),
-                         SampledSoftmaxLoss(neg_mode=lc.neg_mode, **options),
-                         SampledSoftmaxLoss(neg_mode="in_batch", **options), learned_dim=m.output_dim,
-                         id_masking=lc.id_masking)
-    bag = HashEmbeddingBag(num_buckets=m.hash_buckets, dim=m.text_dim, vocab_size=max(data.vocab_size, 1))
-    model = build_recipe_model(query, loss, legacy_dim=config.data.legacy_dim,
-                               bag=bag, hidden=tuple(m.item_hidden), output_dim=m.output_dim,
-                               legacy_skip=m.legacy_init)
-    return model
-
-
-def set_trainable_layers(query_tower: nn.Module, layers: int) -> None:
-    """Freezes the encoder except its top ``layers`` transformer layers (-1: nothing frozen)."""
-    encoder = query_tower.encoder
-    if layers < 0:
-        encoder.requires_grad_(True)
-        return
-    encoder.requires_grad_(False)
-    blocks = getattr(getattr(encoder, "encoder", None), "layer", None)
-    if blocks is None:
-        raise ValueError(f"model.train_encoder_layers={layers} needs a BERT-style encoder.layer list")
-    for block in list(blocks)[len(blocks) - layers:] if layers else []:
-        block.requires_grad_(True)
-
-
-# ---------------------------------------------------------------------------------------------
 # Optimiser and schedule
 # ---------------------------------------------------------------------------------------------
 
@@ -376,164 +149,6 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------
-
-
-def _atomic_dir(target: Path, write) -> Path:
-    """Runs ``write(tmp_dir)`` then moves ``tmp_dir`` to ``target`` with ``os.replace``; on any
-    failure the temporary directory is removed and ``target`` is untouched."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        write(tmp)
-        if target.exists():
-            # os.replace cannot replace a non-empty directory: move the old one aside first.
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.replace(target, old / "x")
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
-def _atomic_json(path: Path, value: Any) -> None:
-    from omnikern._atomic import write_text_atomic
-
-    write_text_atomic(path, json.dumps(value, indent=1))
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Splits the optimiser state into tensors (``"<param index>.<key>"``, for safetensors) and a
-    JSON part (param groups, non-tensor state such as LAMB's integer step)."""
-    state = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for index, values in state["state"].items():
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{index}.{key}"] = value
-    return tensors, {"groups": state["param_groups"], "scalars": scalars}
-
-
-def save_checkpoint(run_dir: str | Path, step: int, config: Config, model: nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None, extra: dict[str, Any] | None = None,
-                    rng: dict[str, Any] | None = None) -> Path:
-    """Writes ``<run_dir>/step_<step>/`` atomically (module docstring) and points ``latest.json``
-    at it. Returns the checkpoint directory."""
-    from safetensors.torch import save_file
-
-    run_dir = Path(run_dir)
-    model_tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    opt_tensors, opt_meta = _optimizer_tensors(optimizer) if optimizer is not None else ({}, None)
-    rng = dict(rng or {})
-    rng_tensors = {k: v for k, v in rng.items() if isinstance(v, torch.Tensor)}
-    rng_json = {k: v for k, v in rng.items() if not isinstance(v, torch.Tensor)}
-    meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": step, "config": config.to_dict(),
-            "optimizer": opt_meta, "rng": rng_json, "extra": extra or {},
-            "torch": torch.__version__}
-
-    def write(tmp: Path) -> None:
-        save_file(model_tensors, str(tmp / "model.safetensors"))
-        if optimizer is not None:
-            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        save_file(rng_tensors, str(tmp / "rng.safetensors"))
-        # config.json last: a directory with config.json is complete (and the rename makes it visible).
-        (tmp / "config.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-
-    target = _atomic_dir(run_dir / f"step_{step:07d}", write)
-    _atomic_json(run_dir / "latest.json", {"checkpoint": target.name, "step": step})
-    return target
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """Returns the checkpoint directory for ``path``: a checkpoint itself, or a run directory
-    (its ``latest.json``).
-
-    Raises:
-        FileNotFoundError: nothing there. ValueError: not an omnikern checkpoint.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if (path / "latest.json").is_file() and not (path / "config.json").is_file():
-        try:
-            path = path / json.loads((path / "latest.json").read_text())["checkpoint"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"checkpoint {str(path)!r}: unreadable latest.json ({error})") from None
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-        raise ValueError(f"checkpoint {str(path)!r} is not an omnikern checkpoint (needs config.json and "
-                         "model.safetensors)")
-    return path
-
-
-def read_checkpoint_meta(path: str | Path) -> tuple[Path, dict[str, Any]]:
-    """Returns ``(checkpoint dir, config.json contents)`` after checking the format."""
-    path = resolve_checkpoint(path)
-    try:
-        meta = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"checkpoint {str(path)!r}: config.json is not valid JSON ({error})") from None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {str(path)!r} is not an {CHECKPOINT_FORMAT} checkpoint")
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"checkpoint {str(path)!r} has version {meta.get('version')!r}, this omnikern reads "
-                         f"{CHECKPOINT_VERSION}")
-    return path, meta
-
-
-def load_model_state(model: nn.Module, path: Path) -> None:
-    """Loads ``model.safetensors`` into ``model``, strictly.
-
-    Raises:
-        ValueError: missing/unexpected keys or shape mismatches (named).
-    """
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(path / "model.safetensors"))
-    own = model.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in tensors and tensors[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise ValueError(f"checkpoint {str(path)!r} does not fit this model: missing {missing[:5]}, unexpected "
-                         f"{unexpected[:5]}, shape mismatches {shapes[:5]}")
-    model.load_state_dict(tensors)
-
-
-def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path, meta: dict[str, Any]) -> None:
-    """Restores the optimiser state written by :func:`save_checkpoint`.
-
-    Raises:
-        ValueError: the checkpoint holds no optimiser state (it cannot be resumed, only evaluated),
-            or the state does not fit this optimiser.
-    """
-    from safetensors.torch import load_file
-
-    saved = meta.get("optimizer")
-    if not saved or not (path / "optimizer.safetensors").is_file():
-        raise ValueError(f"checkpoint {str(path)!r} holds no optimizer state: it can be evaluated, not resumed")
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    for name, value in saved["scalars"].items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    try:
-        optimizer.load_state_dict({"state": state, "param_groups": saved["groups"]})
-    except (ValueError, KeyError) as error:
-        raise ValueError(f"checkpoint {str(path)!r}: optimizer state does not fit ({error})") from None
-
-
-# ---------------------------------------------------------------------------------------------
 # The trainer
 # ---------------------------------------------------------------------------------------------
 
@@ -546,9 +161,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _to_device(batch, device: torch.device):
-    from omnikern.models.towers import TaskBatch
-
+def _to_device(batch: TaskBatch, device: torch.device) -> TaskBatch:
     def move(d):
         return {k: v.to(device, non_blocking=True) for k, v in d.items()}
 
@@ -556,21 +169,39 @@ def _to_device(batch, device: torch.device):
                      batch.candidate_ids.to(device), None if batch.weights is None else batch.weights.to(device))
 
 
+@dataclass
+class TrainingSetup:
+    """What a setup function gives the :class:`Trainer` for one rank.
+
+    Attributes:
+        model: the container (``model(batches)`` returns an object with ``.total`` and ``.losses``).
+        sampler: ``sample() -> list[TaskBatch]``, with its numpy generator as ``rng`` (saved and
+            restored with checkpoints); already restricted to this rank's shard of the data.
+        data: whatever the caller wants back from ``trainer.data`` (evaluation, export).
+        warm: optional, called once after the model is on its device and in sync across ranks
+            (e.g. to fill a frozen-layer cache).
+    """
+
+    model: nn.Module
+    sampler: Any
+    data: Any = None
+    warm: Callable[[nn.Module], None] | None = None
+
+
 class Trainer:
-    """Builds data, model and optimiser from a :class:`Config` and trains (module docstring).
+    """Trains the model a setup function builds from a :class:`Config` (module docstring).
 
     Args:
         config: the run's config.
         run_dir: where checkpoints, ``scalars.csv`` and ``latest.json`` go.
-        data: prebuilt :class:`RecipeData` (shared between runs of one process); None builds it.
+        setup: ``setup(config, rank, world) -> TrainingSetup``, called once the process group (if
+            any) is up and with the resumed config when resuming.
         resume: a checkpoint or run directory to continue from (its config replaces ``config``
             except ``train.steps``, ``train.progress``, ``train.save_every``).
     """
 
-    def __init__(self, config: Config, run_dir: str | Path, data: RecipeData | None = None,
+    def __init__(self, config: Config, run_dir: str | Path, setup: Callable[[Config, int, int], TrainingSetup],
                  resume: str | Path | None = None) -> None:
-        from omnikern.data.batches import MultiTaskSampler
-
         meta = None
         if resume is not None:
             ckpt, meta = read_checkpoint_meta(resume)
@@ -590,44 +221,24 @@ class Trainer:
             # (see init_distributed_from_env).
             self.device = local_cuda_device()
             torch.cuda.set_device(self.device)
-        self.data = data if data is not None else build_data(config, progress=config.train.progress and self.rank == 0)
-        self.model = build_model(config, self.data).to(self.device)
+        built = setup(config, self.rank, self.world)
+        self.data, self.sampler = built.data, built.sampler
+        self.model = built.model.to(self.device)
         if dist_ready():
             # Same initial weights everywhere (model init is seeded, but make it a fact).
             for tensor in self.model.state_dict().values():
                 dist.broadcast(tensor, 0)
+        # The first loss module's temperature is logged (the learned item key's, for the recipe model).
+        self._losses = [m for m in self.model.modules() if isinstance(m, SampledSoftmaxLoss)]
         self.optimizer = build_optimizer(config, self.model)
-        t = config.train
-        self.sampler = MultiTaskSampler(self.data.queries, self.data.features, self.data.tokenizer,
-                                        num_pairs=t.num_pairs,
-                                        task_weights={"item": t.item_weight, "query": t.query_weight},
-                                        neg_ratio=t.neg_ratio, seed=t.seed + 1000 * self.rank)
-        if self.world > 1:
-            # DistributedSampler-style shard: rank r draws from rows r, r + world, ...
-            self.sampler.positives = self.sampler.positives[self.rank::self.world]
-            if len(self.sampler.pairs):
-                self.sampler.pairs = self.sampler.pairs[self.rank::self.world]
         self.step_count = 0
         self.bad_steps = 0
-        self._warm_cache()
-        torch.manual_seed(t.seed + 1000 * self.rank + 1)
+        if built.warm is not None:
+            built.warm(self.model)
+        torch.manual_seed(config.train.seed + 1000 * self.rank + 1)
         if meta is not None:
             self._restore(ckpt, meta)
         self._set_lr()
-
-    @torch.no_grad()
-    def _warm_cache(self, chunk: int = 512) -> None:
-        """Fills the frozen-layer cache with every training query once (big batches, not one
-        sampled batch at a time)."""
-        tower = self.model.tower(("query", "learned"))
-        if not hasattr(tower.encoder, "cache"):
-            return
-        from tqdm.auto import tqdm
-
-        texts = sorted({q.text for q in self.data.queries.train}, key=len)
-        show = self.config.train.progress and self.rank == 0
-        for start in tqdm(range(0, len(texts), chunk), desc="caching frozen layers", unit="batch", disable=not show):
-            tower.encoder(**tower.tokenize(texts[start:start + chunk]))
 
     # -- state ---------------------------------------------------------------------------------
     def _rng_state(self) -> dict[str, Any]:
@@ -642,8 +253,6 @@ class Trainer:
         return out
 
     def _restore(self, ckpt: Path, meta: dict[str, Any]) -> None:
-        from safetensors.torch import load_file
-
         saved_world = meta["extra"].get("world_size", 1)
         if saved_world != self.world:
             raise ValueError(f"checkpoint {str(ckpt)!r} was written by {saved_world} ranks, resuming with "
@@ -715,14 +324,12 @@ class Trainer:
                    "bad_steps": float(self.bad_steps), "lr": self.optimizer.param_groups[-1]["lr"]}
         for name, value in out.losses.items():
             scalars[f"loss/{name}"] = float(value.detach())
-        scalars["temperature"] = self.model.loss.learned.temperature
+        scalars["temperature"] = self._losses[0].temperature if self._losses else math.nan
         return scalars
 
     def train(self, stop_at: int | None = None) -> dict[str, float]:
         """Trains until ``train.steps`` optimiser steps (or ``stop_at``, earlier, as if interrupted
         there), checkpoints, and returns the last step's scalars."""
-        from tqdm.auto import tqdm
-
         t = self.config.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         writer = None
@@ -760,43 +367,3 @@ class Trainer:
     def close(self) -> None:
         if self.owns_group and dist_ready():
             dist.destroy_process_group()
-
-
-def load_trained(path: str | Path, data: RecipeData | None = None, device: str = "cpu"):
-    """Returns ``(model, config, data)`` from a checkpoint (or run directory) for evaluation.
-
-    Raises:
-        FileNotFoundError / ValueError: not a checkpoint, or it does not fit the model its config builds.
-    """
-    ckpt, meta = read_checkpoint_meta(path)
-    config = Config.from_dict(meta["config"])
-    data = data if data is not None else build_data(config)
-    model = build_model(config, data)
-    load_model_state(model, ckpt)
-    return model.to(device).eval(), config, data
-
-
-def export_for_serving(model: nn.Module, data: RecipeData, directory: str | Path) -> tuple[Path, Path]:
-    """Writes what ``omnikern export-triton`` takes: ``<directory>/query_tower/`` (the query tower
-    as :func:`omnikern.serve.export.save_query_tower` lays it out, with the cached-layer wrapper
-    removed) and ``<directory>/item_index.safetensors`` (an :class:`omnikern.Int8Index` of the
-    learned item tower's embeddings of every recipe, ids = recipe entity ids). Returns both paths.
-    """
-    from omnikern import Int8Index
-    from omnikern.models.recipe_eval import item_embeddings
-    from omnikern.models.towers import QUERY_KEY, QueryTower
-    from omnikern.serve.export import save_query_tower
-
-    directory = Path(directory)
-    tower = model.tower(QUERY_KEY)
-    encoder = getattr(tower.encoder, "inner", tower.encoder)  # unwrap CachedPrefixEncoder
-    plain = QueryTower(encoder, tokenizer=tower.tokenizer, pooling=tower.pooling_name, output_dim=tower.output_dim,
-                       output_dtype=tower.output_dtype, normalize_pooled=tower.normalize_pooled)
-    plain.proj.load_state_dict(tower.proj.state_dict())
-    tower_dir = save_query_tower(plain.cpu().eval(), directory / "query_tower")
-    embeddings = item_embeddings(model, data)["learned"]
-    index = Int8Index(embeddings.shape[1])
-    index.add(embeddings.contiguous(), data.features.ids.clone())
-    index_path = directory / "item_index.safetensors"
-    index.save(index_path)
-    return tower_dir, index_path

@@ -724,19 +724,27 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 @dataclass
 class SampledSoftmaxLossOutput:
-    """What :func:`sampled_softmax_loss` returns with ``return_components=True``.
+    """What :func:`sampled_softmax_loss` and :class:`omnikern.SampledSoftmaxLoss` return with
+    ``return_components=True`` (without it, both return ``total`` alone).
 
     Attributes:
         total: scalar, ``Σ_dim dim_weight · Σ_term components[f"{term}@{dim}"]``; differentiable.
         components: per logit matrix (``term`` in ``in_batch | random | mixed_concat``) and prefix
             ``dim``, the (weighted) mean cross-entropy before the dim weight; differentiable.
         dims: the prefix dims used, ascending; ``dim_weights`` their weights.
+        temperature, scale: the module's ``1 / scale`` and ``scale = exp(t)`` after its clamp
+            (detached scalars; None from the functional, whose ``log_scale`` is the caller's).
+        unmasked_negatives: per term, the mean number of negative columns per row that survive
+            the id masks (detached); filled by the module only with ``count_unmasked=True``.
     """
 
     total: torch.Tensor
     components: dict[str, torch.Tensor] = field(default_factory=dict)
     dims: list[int] = field(default_factory=list)
     dim_weights: list[float] = field(default_factory=list)
+    temperature: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+    unmasked_negatives: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def resolve_prefixes(

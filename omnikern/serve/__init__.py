@@ -1,31 +1,23 @@
-"""NVIDIA Triton Inference Server model repositories, the server process and clients (issue: serving).
+"""NVIDIA Triton Inference Server model repositories, the server process and clients.
 
 Importing this package needs neither ``nvidia-pytriton`` nor ``tritonclient``; starting a server
-needs the first (``pip install 'omnikern[serve]'``), talking to it the second.
+needs the first (``pip install 'omnikern[serve]'``), talking to it the second. The public names
+load on first use: the python-backend stubs import ``omnikern.serve.steps`` without the exporter.
 """
 
-from omnikern.serve.client import Client
-from omnikern.serve.export import export_triton, load_query_tower, save_query_tower
-from omnikern.serve.repository import (
-    DynamicBatching,
-    ModelConfig,
-    TensorSpec,
-    triton_dtype,
-    write_model,
-)
-from omnikern.serve.server import TritonServer, TritonServerError, find_triton
+from omnikern._lazy import lazy_exports
 
-__all__: list[str] = [
-    "Client",
-    "DynamicBatching",
-    "ModelConfig",
-    "TensorSpec",
-    "TritonServer",
-    "TritonServerError",
-    "export_triton",
-    "find_triton",
-    "load_query_tower",
-    "save_query_tower",
-    "triton_dtype",
-    "write_model",
-]
+_EXPORTS = {
+    "Client": "omnikern.serve.client",
+    "DynamicBatching": "omnikern.serve.repository",
+    "ModelConfig": "omnikern.serve.repository",
+    "TensorSpec": "omnikern.serve.repository",
+    "TritonServer": "omnikern.serve.server",
+    "TritonServerError": "omnikern.serve.server",
+    "export_triton": "omnikern.serve.export",
+    "find_triton": "omnikern.serve.server",
+    "triton_dtype": "omnikern.serve.repository",
+    "write_model": "omnikern.serve.repository",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

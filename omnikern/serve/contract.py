@@ -55,9 +55,9 @@ IDS = "ids"
 REQUIRED_INPUTS = {OMNISEARCH: (TEXT,), ENCODE: (TEXT,)}
 
 # ---- files inside the version directories ----
-WORDPIECE_FILE = "wordpiece.json"  # WordPieceTokenizer state (vocab + options), JSON
-TOWER_CONFIG_FILE = "query_tower.json"  # how to rebuild the QueryTower module, JSON
-TOWER_WEIGHTS_FILE = "query_tower.safetensors"  # its state_dict
+# The query encoder's version directory is a query-tower directory (omnikern.models.checkpoint)
+# plus, for encoder_runtime="onnx", the graph in place of the weights.
+WORDPIECE_FILE = "wordpiece.json"  # the tokenizer's: WordPieceTokenizer.save output
 ENCODER_ONNX_FILE = "query_tower.onnx"  # the tower as one ONNX graph (encoder_runtime="onnx")
 INDEX_FILE = "index.safetensors"  # Int8Index.save output
 

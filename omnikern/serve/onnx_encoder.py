@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from omnikern._atomic import _replacing
+from omnikern._atomic import replacing_file
+from omnikern.models.encoders import QueryTower
 from omnikern.serve import contract as C
 
 __all__ = ["encoder_session", "export_encoder_onnx"]
@@ -66,8 +67,6 @@ def export_encoder_onnx(tower, path: str | os.PathLike) -> Path:
         TypeError: ``tower`` is not a QueryTower.
         ImportError: the ``onnx`` package (needed by torch's exporter) is missing.
     """
-    from omnikern.models.towers import QueryTower
-
     if not isinstance(tower, QueryTower):
         raise TypeError(f"tower must be a QueryTower, got {type(tower).__name__}")
     try:
@@ -88,7 +87,7 @@ def export_encoder_onnx(tower, path: str | os.PathLike) -> Path:
     training = tower.training
     tower.eval()
     try:
-        with _replacing(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+        with replacing_file(path) as tmp, warnings.catch_warnings(), torch.no_grad():
             # The tracer warns about every Python-level shape test in transformers' attention code;
             # the ones that matter were traced on the general path above, and tests check B, T != 2, 5.
             warnings.simplefilter("ignore")

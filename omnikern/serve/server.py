@@ -269,6 +269,10 @@ class TritonServer:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(library_path)
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env["PYTHONUNBUFFERED"] = "1"  # prints from model.py reach the log in order
+        # The server runs compiled kernels (or the C++ and torch paths on CPU), never the Triton
+        # interpreter that CPU test runs switch on: it would turn every "auto" op into a slow
+        # interpreted kernel.
+        env.pop("TRITON_INTERPRET", None)
         return env
 
     def _spawn(self, install: TritonInstall) -> None:

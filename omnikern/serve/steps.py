@@ -19,7 +19,6 @@ steps run their whole batch in one call (one tokenizer call, one encoder call, o
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from collections.abc import Sequence
 
@@ -51,10 +50,7 @@ class Tokenize:
         self.max_bytes = int(params.get("max_text_bytes", C.MAX_TEXT_BYTES))
         self.threads = int(params.get("threads", "1"))
         self.pad_to = int(params["pad_to"])
-        with open(os.path.join(directory, C.WORDPIECE_FILE), encoding="utf-8") as handle:
-            state = json.load(handle)
-        self.tokenizer = WordPieceTokenizer.__new__(WordPieceTokenizer)
-        self.tokenizer.__setstate__(state)
+        self.tokenizer = WordPieceTokenizer.load(os.path.join(directory, C.WORDPIECE_FILE))
         self.pad_id = self.tokenizer.pad_id
 
     def check(self, text: np.ndarray | None) -> list[bytes]:
@@ -89,19 +85,19 @@ class Encode:
     """
 
     def __init__(self, directory: str | os.PathLike, params: dict[str, str], args: dict):
+        # Imported here: the tokenizer's stub, which shares this module, needs no torch.
+        from omnikern.models.checkpoint import load_query_tower, read_query_tower_config
+
         self.runtime = params.get("encoder_runtime", "torch")
+        meta = read_query_tower_config(directory)
         if self.runtime == "onnx":
             from omnikern.serve.onnx_encoder import encoder_session
 
-            with open(os.path.join(directory, C.TOWER_CONFIG_FILE), encoding="utf-8") as handle:
-                meta = json.load(handle)
             self.session = encoder_session(os.path.join(directory, C.ENCODER_ONNX_FILE),
                                            threads=int(params.get("torch_threads", "0")))
         else:
-            from omnikern.serve.export import load_query_tower
-
             self.device = instance_device(args, params)
-            self.tower, meta = load_query_tower(directory, device=self.device)
+            self.tower = load_query_tower(directory, device=self.device)
         self.pad_id = int(meta["pad_id"])
         self.vocab_size = int(meta["vocab_size"])
         self.max_tokens = int(meta["max_tokens"])

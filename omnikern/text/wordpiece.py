@@ -7,7 +7,8 @@ whitespace/punctuation split -> greedy longest-match WordPiece with ``##`` conti
 from Unicode 17.0, the versions HF ``tokenizers`` 0.23 uses (see ``csrc/unicode/gen_tables.py``).
 
 Batch calls release the GIL and split the batch over ``num_threads`` threads; the result does not
-depend on the thread count. The object is picklable: its state is the vocab and the options (JSON-able).
+depend on the thread count. The object is picklable, and :meth:`WordPieceTokenizer.save` / :meth:`WordPieceTokenizer.load`
+write and read the same state (the vocab and the options) as one JSON file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from omnikern import _C
+from omnikern._atomic import write_text_atomic
 
 # Optional pre-normalisation steps, in the order they run.
 PRE_NORMALIZATION_STEPS = ("nfkc", "lowercase", "collapse_whitespace", "trim")
@@ -328,6 +330,26 @@ class WordPieceTokenizer:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__([tuple(p) for p in state["vocab"]], **state["options"])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the tokenizer (vocab and options) to ``path`` as JSON, atomically."""
+        write_text_atomic(path, json.dumps(self.__getstate__(), ensure_ascii=False))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> WordPieceTokenizer:
+        """Reads a tokenizer written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: no file at ``path``. ValueError: not a saved tokenizer (the message
+                names the file).
+        """
+        try:
+            with open(path, encoding="utf-8") as handle:
+                state = json.load(handle)
+            vocab, options = state["vocab"], state["options"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"path: {os.fspath(path)!r} is not a saved WordPieceTokenizer ({error!r})") from None
+        return cls([tuple(pair) for pair in vocab], **options)
 
     def __repr__(self) -> str:
         o = self._options

@@ -8,14 +8,11 @@ needs is in the repository's README.txt.
 
 import os
 
-# The server runs compiled code only; CPU test runs set the Triton interpreter, which must not leak here.
-os.environ.pop("TRITON_INTERPRET", None)
+import triton_python_backend_utils as pb_utils
 
-import triton_python_backend_utils as pb_utils  # noqa: E402
-
-from omnikern.serve import backend  # noqa: E402
-from omnikern.serve import contract as C  # noqa: E402
-from omnikern.serve.steps import Encode  # noqa: E402
+from omnikern.serve import backend
+from omnikern.serve import contract as C
+from omnikern.serve.steps import Encode
 
 
 class TritonPythonModel:
