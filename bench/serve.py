@@ -217,7 +217,7 @@ def main() -> int:
     import importlib
 
     from omnikern.serve import export_triton
-    from omnikern.serve.export import zero_shot_tower
+    from omnikern.models.encoders import zero_shot_tower
 
     module, _, name = args.index_class.partition(":")
     Int8Index = getattr(importlib.import_module(module), name)  # noqa: N806 - a class

@@ -103,6 +103,8 @@ def build_encoder(config: Config, vocab_size: int) -> nn.Module:
     """Returns the HF encoder named by ``model.encoder`` (``"tiny"``: random small BERT, seeded)."""
     encoder = config.model.encoder
     if encoder == "tiny":
+        import transformers  # the data extra
+
         h = config.model.tiny_hidden
         bert = transformers.BertConfig(vocab_size=vocab_size, hidden_size=h, num_hidden_layers=2,
                                        num_attention_heads=2, intermediate_size=2 * h, max_position_embeddings=128)

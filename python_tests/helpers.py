@@ -80,7 +80,7 @@ def minilm_tower_and_index(directory, rows: int):
     Int8Index of ``rows`` seeded random unit vectors (ids ``i·1000 + 7``) saved as
     ``directory/index.safetensors``. Returns ``(tower, index)``."""
     from omnikern import Int8Index
-    from omnikern.models.towers import QueryTower, minilm_path
+    from omnikern.models.encoders import QueryTower, minilm_path
     from omnikern.text.wordpiece import WordPieceTokenizer
 
     tokenizer = WordPieceTokenizer.from_tokenizer_json(minilm_path() / "tokenizer.json")

@@ -13,7 +13,10 @@ from model_standins import InBatchLossStandIn
 from omnikern.data.batches import MultiTaskSampler, RecipeFeatures
 from omnikern.data.queries import QueryConfig, build_query_sets, words
 from omnikern.data.recipes import INSTALL_COMMAND, TEXT_FIELDS, Recipe, load_recipes
-from omnikern.models.towers import QUERY_KEY, HashEmbeddingBag, QueryTower, build_recipe_model
+from omnikern.models.container import QUERY_KEY
+from omnikern.models.encoders import QueryTower
+from omnikern.models.item_towers import HashEmbeddingBag
+from omnikern.recipe import build_recipe_model
 
 VOCAB = 997
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 pytest.importorskip("safetensors", reason="safetensors (a core dependency) is not installed")
 from safetensors.torch import save_file  # noqa: E402
 
+from omnikern.models.encoders import ZeroShotEncoder  # noqa: E402
 from omnikern.data.legacy import (  # noqa: E402
-    ZeroShotEncoder,
     compute_legacy_vectors,
     ensure_legacy_vectors,
     fit_projection,
@@ -165,7 +165,7 @@ def test_compute_bad_input():
 def test_real_encoder_on_a_few_recipes(tmp_path):
     from model_standins import HFTokenizerStandIn
 
-    from omnikern.models.towers import load_encoder, minilm_path
+    from omnikern.models.encoders import load_encoder, minilm_path
 
     encode = ZeroShotEncoder(load_encoder(), HFTokenizerStandIn(minilm_path(), max_length=256), batch_size=4)
     recipes = _recipes(5)

