@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from omnikern._atomic import write_bytes_atomic
+from omnikern._checks import check_int
 from omnikern.ops.int8 import int8_topk, quantize_int8
 
 _FORMAT = "omnikern.Int8Index"
@@ -65,8 +66,7 @@ class Int8Index:
     """
 
     def __init__(self, dim: int, keep_float: bool = False, *, device: str | torch.device = "cpu") -> None:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        check_int("dim", dim, 1)
         self.dim = dim
         self.keep_float = bool(keep_float)
         self.device = torch.device(device)
@@ -193,12 +193,10 @@ class Int8Index:
         queries = _as_tensor(queries, "queries")
         if self._size == 0:
             raise ValueError("the index is empty: add vectors before searching")
-        if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
-            raise ValueError(f"rerank must be an int >= 0, got {rerank!r}")
+        check_int("rerank", rerank, 0)
         if rerank and not self.keep_float:
             raise ValueError(f"rerank={rerank} needs the float vectors: build the index with keep_float=True")
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        check_int("k", k)
         queries = queries.to(self.device)
         exclude = None if exclude_ids is None else self._positions(exclude_ids, queries.shape[0])
         shortlist = max(k, rerank) if rerank else k

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from omnikern._checks import check_int
 from omnikern.index import Int8Index
 from omnikern.ops.int8 import dequantize_int8
 
@@ -91,8 +92,7 @@ def score_tolerance(index: Int8Index, queries, eps: float, *, dim: int | None = 
         raise ValueError(f"queries must be finite (Q, {index.dim}), got shape {q.shape}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= index.dim):
-        raise ValueError(f"dim must be None or an int in [1, {index.dim}], got {dim!r}")
+    check_int("dim", dim, 1, index.dim, none_ok=True)
     if dim is not None:
         q = q[:, :dim]
         items = 1.0  # cosine scores: both sides are unit vectors

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from omnikern._checks import check_int
 from omnikern.data import QueryConfig, build_query_sets, load_recipes
 from omnikern.data.batches import MultiTaskSampler, RecipeFeatures
 from omnikern.data.contract import LEGACY_DIM
@@ -382,8 +383,7 @@ def build_recipe_index(tower, path: str | os.PathLike, limit: int | None = None,
         CatalogueNotInstalledError: the catalogue package is not installed.
         ValueError: ``limit`` < 1.
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be None or an int >= 1, got {limit!r}")
+    check_int("limit", limit, none_ok=True)
     recipes = load_recipes()[:limit]
     documents = [recipe_document(r) for r in recipes]
     chunks = []

@@ -298,10 +298,10 @@ def test_state_dict_round_trip_keeps_sketches_and_temperature():
         (dict(neg_mode="hard"), ValueError, "neg_mode must be one of"),
         (dict(temperature=0.0), ValueError, "temperature must be a positive"),
         (dict(max_scale=-1.0), ValueError, "max_scale must be a positive"),
-        (dict(max_in_batch_negatives=0), ValueError, "max_in_batch_negatives must be a positive int"),
+        (dict(max_in_batch_negatives=0), ValueError, "max_in_batch_negatives must be an int >= 1 or None"),
         (dict(impl="cuda"), ValueError, "impl must be"),
         (dict(dims=[8, 8]), ValueError, "dims must not repeat"),
-        (dict(sketch_width=0), ValueError, "width must be a positive int"),
+        (dict(sketch_width=0), ValueError, "width must be an int >= 1"),
     ],
 )
 def test_bad_construction(kwargs, error, match):

@@ -198,7 +198,7 @@ def test_checkpoint_write_is_atomic(workdir, data, tmp_path, monkeypatch):
     trainer.train()
     before = sorted(p.name for p in (tmp_path / "run").iterdir())
     latest = (tmp_path / "run" / "latest.json").read_text()
-    import safetensors.torch
+    import omnikern.models.checkpoint as checkpoint_module
 
     calls = []
 
@@ -208,8 +208,8 @@ def test_checkpoint_write_is_atomic(workdir, data, tmp_path, monkeypatch):
             raise OSError("disk full")
         return real_save(tensors, path, metadata=metadata)
 
-    real_save = safetensors.torch.save_file
-    monkeypatch.setattr(safetensors.torch, "save_file", failing_save)
+    real_save = checkpoint_module.save_file
+    monkeypatch.setattr(checkpoint_module, "save_file", failing_save)
     trainer.step_count = 5
     with pytest.raises(OSError, match="disk full"):
         trainer.save()

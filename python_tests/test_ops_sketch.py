@@ -137,8 +137,8 @@ def test_state_dict_round_trip():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(width=0), ValueError, "width must be a positive int"),
-        (dict(depth=-1), ValueError, "depth must be a positive int"),
+        (dict(width=0), ValueError, "width must be an int >= 1"),
+        (dict(depth=-1), ValueError, "depth must be an int >= 1"),
         (dict(width=2**30, depth=2), ValueError, "width · depth must be below 2"),
         (dict(count_dtype=torch.float32), TypeError, "count_dtype must be"),
         (dict(impl="gpu"), ValueError, "impl must be"),

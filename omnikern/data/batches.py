@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from omnikern._checks import check_int
 from omnikern.data.queries import QuerySets
 from omnikern.data.recipes import TEXT_FIELDS, Recipe
 from omnikern.data.contract import TaskBatch
@@ -116,10 +117,8 @@ class MultiTaskSampler:
         if set(weights) - {"item", "query"} or any(w < 0 for w in weights.values()) or not sum(weights.values()):
             raise ValueError(f"task_weights must map 'item'/'query' to non-negative weights with a positive sum, "
                              f"got {weights}")
-        if not isinstance(num_pairs, int) or num_pairs < 1:
-            raise ValueError(f"num_pairs must be a positive int, got {num_pairs!r}")
-        if not isinstance(neg_ratio, int) or neg_ratio < 0:
-            raise ValueError(f"neg_ratio must be a non-negative int, got {neg_ratio!r}")
+        check_int("num_pairs", num_pairs, 1)
+        check_int("neg_ratio", neg_ratio, 0)
         if not hasattr(tokenizer, "encode_batch"):
             raise TypeError(f"tokenizer must have encode_batch(texts), got {type(tokenizer).__name__}")
         total = sum(weights.values())

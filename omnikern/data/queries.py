@@ -69,6 +69,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from omnikern._checks import check_int
 from omnikern.data.recipes import Recipe
 
 KINDS = ("category", "ingredient", "known_item")
@@ -177,14 +178,9 @@ class QueryConfig:
         for name in ("known_item_per_recipe", "eval_known_item_per_recipe", "ingredient_per_recipe",
                      "max_pairs_per_recipe"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-        if self.known_item_max_words is not None and (
-            not isinstance(self.known_item_max_words, int) or self.known_item_max_words < 1
-        ):
-            raise ValueError(f"known_item_max_words must be None or a positive int, got {self.known_item_max_words!r}")
-        if not isinstance(self.min_category_size, int) or self.min_category_size < 1:
-            raise ValueError(f"min_category_size must be a positive int, got {self.min_category_size!r}")
+            check_int(name, value, 0)
+        check_int("known_item_max_words", self.known_item_max_words, none_ok=True)
+        check_int("min_category_size", self.min_category_size, 1)
         if not 0.0 < self.ingredient_max_df <= 1.0:
             raise ValueError(f"ingredient_max_df must be in (0, 1], got {self.ingredient_max_df!r}")
 

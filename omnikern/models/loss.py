@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from omnikern._checks import check_int
 from omnikern.ops.distributed import all_gather_rows
 from omnikern.ops.loss import SampledSoftmaxLossOutput, resolve_prefixes, sampled_softmax_loss
 from omnikern.ops.reference import (
@@ -63,9 +64,8 @@ class CountMinSketch(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("width", width), ("depth", depth)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int("width", width)
+        check_int("depth", depth)
         if width * depth >= 2**31:
             raise ValueError(f"width · depth must be below 2^31, got {width} · {depth}")
         if count_dtype not in COUNT_DTYPES:
@@ -168,10 +168,7 @@ class SampledSoftmaxLoss(nn.Module):
             raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
         if not (isinstance(max_scale, (int, float)) and 0 < max_scale < math.inf):
             raise ValueError(f"max_scale must be a positive finite number, got {max_scale!r}")
-        if max_in_batch_negatives is not None and (
-            isinstance(max_in_batch_negatives, bool) or not isinstance(max_in_batch_negatives, int) or max_in_batch_negatives < 1
-        ):
-            raise ValueError(f"max_in_batch_negatives must be a positive int or None, got {max_in_batch_negatives!r}")
+        check_int("max_in_batch_negatives", max_in_batch_negatives, none_ok=True)
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         if dims is not None or dim_weights is not None:

@@ -77,6 +77,7 @@ import torch
 import triton
 import triton.language as tl
 
+from omnikern._checks import check_int
 from omnikern.ops import _triton
 from omnikern.ops.reference import DEFAULT_DIM_WEIGHTS, NEG_MODES
 
@@ -767,8 +768,7 @@ def resolve_prefixes(
     if len(dim_weights) != len(dims):
         raise ValueError(f"dim_weights must have one weight per dim, got {len(dim_weights)} weights for dims {dims}")
     for d in dims:
-        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-            raise ValueError(f"dims must be positive ints, got {dims}")
+        check_int("dims", d, 1)
     if len(set(dims)) != len(dims):
         raise ValueError(f"dims must not repeat, got {dims}")
     for w in dim_weights:

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 
 import torch
 
+from omnikern._checks import check_int
 from omnikern.ops import _triton
 from omnikern.ops.int8 import MAX_TRITON_K, int8_topk, quantize_int8
 from omnikern.ops.l2norm import l2_normalize
@@ -90,19 +91,15 @@ def warmup(
     device = torch.device(device)
     if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype}")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+    check_int("dim", dim, 1)
     for mode in neg_modes:
         if mode not in NEG_MODES:
             raise ValueError(f"neg_modes must hold values of {NEG_MODES}, got {mode!r}")
     for k in topk_k:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"topk_k must hold ints >= 1, got {k!r}")
+        check_int("topk_k", k, 1)
     for d in topk_dims:
-        if d is not None and (isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= dim):
-            raise ValueError(f"topk_dims must hold None or ints in [1, {dim}], got {d!r}")
-    if isinstance(topk_queries, bool) or not isinstance(topk_queries, int) or topk_queries < 1:
-        raise ValueError(f"topk_queries must be an int >= 1, got {topk_queries!r}")
+        check_int("topk_dims", d, 1, dim, none_ok=True)
+    check_int("topk_queries", topk_queries, 1)
     if sketch is not None and (len(sketch) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sketch)):
         raise ValueError(f"sketch must be None or (depth, width) with ints >= 1, got {sketch!r}")
     if sketch_dtype not in COUNT_DTYPES:

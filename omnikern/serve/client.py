@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from omnikern._checks import check_int
 from omnikern.serve import contract as C
 
 __all__ = ["Client"]
@@ -43,9 +44,7 @@ class Client:
             raise ValueError(f"protocol must be one of {_PROTOCOLS}, got {protocol!r}")
         if not isinstance(url, str) or not url or "://" in url:
             raise ValueError(f"url must be 'host:port' without a scheme, got {url!r}")
-        if max_batch_size is not None and (isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int)
-                                           or max_batch_size < 1):
-            raise ValueError(f"max_batch_size must be None or an int >= 1, got {max_batch_size!r}")
+        check_int("max_batch_size", max_batch_size, none_ok=True)
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         self.url, self.protocol, self.timeout_s = url, protocol, float(timeout_s)
@@ -190,5 +189,4 @@ class Client:
 
 
 def _check_k(k) -> None:
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        raise ValueError(f"k must be None or an int >= 1, got {k!r}")
+    check_int("k", k, none_ok=True)

@@ -45,6 +45,7 @@ import torch
 
 from omnikern import __version__
 from omnikern._atomic import copy_file_atomic, write_text_atomic
+from omnikern._checks import check_int
 from omnikern.models.checkpoint import (
     TOWER_CONFIG_FILE,
     TOWER_WEIGHTS_FILE,
@@ -216,10 +217,8 @@ def export_triton(
     for name, value, low in (("max_batch_size", max_batch_size, 1), ("instance_count", instance_count, 1),
                              ("max_k", max_k, 1), ("max_queue_delay_us", max_queue_delay_us, 0),
                              ("torch_threads", torch_threads, 0), ("version", version, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    if isinstance(k_default, bool) or not isinstance(k_default, int) or not 1 <= k_default <= max_k:
-        raise ValueError(f"k_default must be an int in 1..{max_k}, got {k_default!r}")
+        check_int(name, value, low)
+    check_int("k_default", k_default, 1, max_k)
     if ":" not in index_class:
         raise ValueError(f"index_class must be 'module:Class', got {index_class!r}")
     index_path = Path(index_path)

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from omnikern._atomic import replacing_file
+from omnikern._checks import check_int
 from omnikern.models.encoders import QueryTower
 from omnikern.serve import contract as C
 
@@ -110,8 +111,7 @@ def encoder_session(path: str | os.PathLike, threads: int = 1):
     """
     import onnxruntime as ort
 
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise ValueError(f"threads must be an int >= 0, got {threads!r}")
+    check_int("threads", threads, 0)
     options = ort.SessionOptions()
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from omnikern._atomic import write_text_atomic
+from omnikern._checks import check_int
 
 __all__ = ["DynamicBatching", "ModelConfig", "TensorSpec", "triton_dtype", "write_model"]
 
@@ -184,8 +185,7 @@ def write_model(
         ValueError: ``version`` < 1, an extra file path leaving the version directory, or a
             ``model_py`` that defines no ``TritonPythonModel``.
     """
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"version must be an int >= 1, got {version!r}")
+    check_int("version", version, 1)
     if "class TritonPythonModel" not in model_py:
         raise ValueError("model_py must define class TritonPythonModel")
     model_dir = Path(repo) / config.name

@@ -57,6 +57,7 @@ import numpy as np
 
 from omnikern import _C
 from omnikern._atomic import write_text_atomic
+from omnikern._checks import check_int
 
 DEFAULT_CAPS = (64_000, 200_000, 1_000_000)
 KINDS = ("char_trigram", "unigram", "bigram")
@@ -74,8 +75,7 @@ def _check_caps(caps: Any) -> tuple[int, int, int]:
 
 
 def _check_num_threads(num_threads: Any) -> int:
-    if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 0:
-        raise ValueError(f"num_threads must be an int >= 0 (0 = all cores), got {num_threads!r}")
+    check_int("num_threads", num_threads, 0)
     return num_threads
 
 
@@ -152,8 +152,7 @@ def build_ngram_vocabs(
     if isinstance(corpus, (str, bytes)):
         raise TypeError("corpus must be an iterable of str or bytes, not a single " + type(corpus).__name__)
     caps = _check_caps(tuple(caps) if isinstance(caps, list) else caps)
-    if not isinstance(min_count, int) or min_count < 1:
-        raise ValueError(f"min_count must be an int >= 1, got {min_count!r}")
+    check_int("min_count", min_count, 1)
     counted = _C.ngram_count(corpus, caps, min_count, _check_num_threads(num_threads))
     return NGramVocabs(*([t for t, _ in kind] for kind in counted),
                        counts={name: [c for _, c in kind] for name, kind in zip(KINDS, counted)})
@@ -183,8 +182,7 @@ class NGramFeaturizer:
                 ``oov_buckets`` (the message names the argument).
         """
         caps = _check_caps(tuple(caps) if isinstance(caps, list) else caps)
-        if not isinstance(oov_buckets, int) or isinstance(oov_buckets, bool) or oov_buckets < 0:
-            raise ValueError(f"oov_buckets must be an int >= 0, got {oov_buckets!r}")
+        check_int("oov_buckets", oov_buckets, 0)
         names = ("char_trigram_vocab", "unigram_vocab", "bigram_vocab")
         vocabs = [_token_list(v, name)[:cap] for v, name, cap in zip((char_trigram_vocab, unigram_vocab, bigram_vocab),
                                                                      names, caps)]
@@ -273,8 +271,7 @@ class NGramFeaturizer:
     def word_ngrams(text: str | bytes, n: int) -> list[str]:
         """The word n-grams (``n`` >= 1 consecutive words joined by ``#``) of the normalised text."""
         _check_text(text)
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        check_int("n", n, 1)
         return _C.ngram_word_ngrams(text, n)
 
     @property

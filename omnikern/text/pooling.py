@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from omnikern import _C
+from omnikern._checks import check_int
 
 POOL_MODES = ("cls", "mean", "mean_sqrt", "max")
 
@@ -89,8 +90,7 @@ def pool(
     for mode in modes:
         if mode not in POOL_MODES:
             raise ValueError(f"modes must hold items from {POOL_MODES}, got {mode!r}")
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 0:
-        raise ValueError(f"num_threads must be an int >= 0 (0 = all cores), got {num_threads!r}")
+    check_int("num_threads", num_threads, 0)
 
     embeddings = _to_numpy(token_embeddings, "token_embeddings", _EMBEDDING_DTYPES)
     mask = _to_numpy(attention_mask, "attention_mask", _MASK_DTYPES)

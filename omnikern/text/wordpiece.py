@@ -22,6 +22,7 @@ import numpy as np
 
 from omnikern import _C
 from omnikern._atomic import write_text_atomic
+from omnikern._checks import check_int
 
 # Optional pre-normalisation steps, in the order they run.
 PRE_NORMALIZATION_STEPS = ("nfkc", "lowercase", "collapse_whitespace", "trim")
@@ -249,8 +250,7 @@ class WordPieceTokenizer:
         """
         if isinstance(texts, (str, bytes)):
             raise TypeError("texts must be an iterable of str or bytes, not a single " + type(texts).__name__)
-        if not isinstance(num_threads, int) or num_threads < 0:
-            raise ValueError(f"num_threads must be an int >= 0 (0 = all cores), got {num_threads!r}")
+        check_int("num_threads", num_threads, 0)
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors must be None, 'np' or 'pt', got {return_tensors!r}")
         input_ids, attention_mask = self._impl.encode_batch(texts, num_threads)
