@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import CUDA, DEVICE
 
+import omnikern
 from omnikern.ops import _triton, int8, l2norm, loss, sketch
 from omnikern.ops.int8 import int8_topk, quantize_int8
 from omnikern.ops.l2norm import l2_normalize
@@ -208,3 +209,16 @@ def test_ops_run_on_the_second_gpu_while_device_0_is_current():
 
     torch.cuda.synchronize(dev)
     assert torch.cuda.current_device() == 0
+
+
+def test_one_impl_vocabulary_each_op_names_its_subset():
+    from omnikern.ops._triton import IMPLS, check_impl
+
+    assert check_impl("cpp", ("auto", "cpp")) == "cpp"
+    with pytest.raises(ValueError, match=r"^impl must be 'auto', 'triton' or 'torch', got 'cpp'$"):
+        check_impl("cpp")
+    with pytest.raises(ValueError, match="impl must be 'auto', 'triton', 'torch' or 'cpp', got 'reference'"):
+        omnikern.int8_topk(torch.ones(1, 4), torch.ones(2, 4, dtype=torch.int8), torch.ones(2), 1, impl="reference")
+    with pytest.raises(ValueError, match="impl must be 'auto', 'triton', 'torch' or 'reference', got 'cpp'"):
+        omnikern.SampledSoftmaxLoss(impl="cpp")
+    assert set(IMPLS) == {"auto", "triton", "torch", "cpp", "reference"}

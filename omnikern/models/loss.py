@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from omnikern._checks import check_int
+from omnikern.ops._triton import check_impl
 from omnikern.ops.distributed import all_gather_rows
 from omnikern.ops.loss import SampledSoftmaxLossOutput, resolve_prefixes, sampled_softmax_loss
 from omnikern.ops.reference import (
@@ -30,7 +31,7 @@ from omnikern.ops.sketch import COUNT_DTYPES, count_min_query, count_min_update_
 # Multiplier of the query id in the (query, pos) pair key ``pos_id + 17·query_id`` (int64 wrap).
 PAIR_KEY_MULTIPLIER = 17
 # "reference" runs the materialising plain-torch loss (the fused path's truth) inside the module.
-IMPLS = ("auto", "triton", "torch", "reference")
+LOSS_IMPLS = ("auto", "triton", "torch", "reference")
 
 
 class CountMinSketch(nn.Module):
@@ -70,8 +71,7 @@ class CountMinSketch(nn.Module):
             raise ValueError(f"width · depth must be below 2^31, got {width} · {depth}")
         if count_dtype not in COUNT_DTYPES:
             raise TypeError(f"count_dtype must be torch.int32 or torch.int64, got {count_dtype}")
-        if impl not in ("auto", "triton", "torch"):
-            raise ValueError(f"impl must be 'auto', 'triton' or 'torch', got {impl!r}")
+        check_impl(impl)
         self.width, self.depth, self.impl = width, depth, impl
         self.register_buffer("counts", torch.zeros((depth, width), dtype=count_dtype, device=device))
         self.register_buffer("num_seen", torch.zeros((), dtype=torch.int64, device=device))
@@ -169,8 +169,7 @@ class SampledSoftmaxLoss(nn.Module):
         if not (isinstance(max_scale, (int, float)) and 0 < max_scale < math.inf):
             raise ValueError(f"max_scale must be a positive finite number, got {max_scale!r}")
         check_int("max_in_batch_negatives", max_in_batch_negatives, none_ok=True)
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        check_impl(impl, LOSS_IMPLS)
         if dims is not None or dim_weights is not None:
             resolve_prefixes(dims, dim_weights, max(dims) if dims else 1)  # validate early
         self.neg_mode = neg_mode

@@ -38,6 +38,25 @@ T = TypeVar("T")
 # Kernels that keep a whole row in registers: above this, the public functions fall back to torch.
 MAX_FUSED_BLOCK = 32768
 
+# The one vocabulary of every op's and module's ``impl`` argument: "auto" (the best path for the
+# tensors' device), "triton" (the kernel), "torch" (plain or chunked torch), "cpp" (the C++
+# extension, int8 top-k on CPU), "reference" (the materialising truth, the loss module only).
+# Each op accepts the subset it has and names that subset when refusing a value.
+IMPLS = ("auto", "triton", "torch", "cpp", "reference")
+GPU_OR_TORCH = ("auto", "triton", "torch")
+
+
+def check_impl(impl: object, accepted: Sequence[str] = GPU_OR_TORCH) -> str:
+    """Returns ``impl`` when it is one of ``accepted`` (a subset of :data:`IMPLS`).
+
+    Raises:
+        ValueError: otherwise, listing what this op accepts.
+    """
+    if impl not in accepted:
+        choices = ", ".join(repr(a) for a in accepted[:-1]) + f" or {accepted[-1]!r}"
+        raise ValueError(f"impl must be {choices}, got {impl!r}")
+    return impl
+
 
 def interpreting() -> bool:
     """True when Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
@@ -62,8 +81,7 @@ def resolve_impl(impl: str, *tensors: torch.Tensor) -> str:
     Raises:
         ValueError: ``impl`` is unknown, or ``"triton"`` was asked for where no kernel can run.
     """
-    if impl not in ("auto", "triton", "torch"):
-        raise ValueError(f"impl must be 'auto', 'triton' or 'torch', got {impl!r}")
+    check_impl(impl)
     if impl == "torch":
         return "torch"
     supported = kernel_supported(*tensors)

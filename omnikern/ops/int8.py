@@ -528,8 +528,7 @@ def _check_codes(codes: torch.Tensor, scales: torch.Tensor) -> None:
 
 
 def _resolve_topk_impl(impl: str, k: int, *tensors: torch.Tensor) -> str:
-    if impl not in ("auto", "triton", "cpp", "torch"):
-        raise ValueError(f"impl must be 'auto', 'triton', 'cpp' or 'torch', got {impl!r}")
+    _triton.check_impl(impl, ("auto", "triton", "torch", "cpp"))
     on_cpu = all(t.device.type == "cpu" for t in tensors)
     if impl == "auto":
         if _triton.kernel_supported(*tensors) and k <= MAX_TRITON_K:
