@@ -275,17 +275,29 @@ def test_wrong_checkpoints_raise_clear_errors(workdir, data, tmp_path):
         Trainer(tiny_config(workdir, "data.legacy_dim=32"), tmp_path / "x", data=data)
 
 
-def test_index_dim_mismatch_raises(workdir, data, tmp_path):
+def test_eval_index_scores_that_index(workdir, data, tmp_path, capsys):
+    import json
+
     from omnikern import Int8Index
     from omnikern.cli import main
+    from omnikern.recipe import export_for_serving
 
     trainer = Trainer(tiny_config(workdir, "train.steps=1"), tmp_path / "run", data=data)
     trainer.train()
-    index = Int8Index(16)
-    index.add(torch.nn.functional.normalize(torch.randn(4, 16), dim=1), torch.arange(4))
-    index.save(tmp_path / "old.index")
-    with pytest.raises(ValueError, match="index dim 16 does not match"):
-        main(["eval", str(tmp_path / "run"), "--index", str(tmp_path / "old.index")])
+    export_for_serving(trainer.model, data, tmp_path / "run")  # what `omnikern train` ends with
+    assert main(["eval", str(tmp_path / "run"), "--index", str(tmp_path / "run" / "item_index.safetensors"),
+                 "--out", str(tmp_path / "eval")]) == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    full = str(trainer.config.model.output_dim)
+    # The exported index holds the learned tower's vectors under recipe ids: searching it is the
+    # learned tower's own int8 evaluation, metric for metric.
+    assert results["towers"]["index"][full]["int8"] == results["towers"]["learned"][full]["int8"]
+    assert "index" in capsys.readouterr().out
+    wider = Int8Index(trainer.config.model.output_dim + 8)
+    wider.add(torch.nn.functional.normalize(torch.randn(4, wider.dim), dim=1), torch.arange(4))
+    wider.save(tmp_path / "wide.index")
+    assert main(["eval", str(tmp_path / "run"), "--index", str(tmp_path / "wide.index")]) == 2
+    assert "wide.index has dim" in capsys.readouterr().err
 
 
 # ---- evaluation and the CLI ------------------------------------------------------------------------
@@ -457,7 +469,7 @@ def test_legacy_init_starts_at_the_zero_shot_model(workdir, data, tmp_path):
     torch.testing.assert_close(items[:, :16], legacy, atol=1e-5, rtol=0)
     assert items[:, 16:].abs().max().item() == 0.0
     texts = [q.text for q in data.queries.eval[:8]]
-    query = trainer.model.tower(("query", "learned")).eval().encode(texts)
+    query = trainer.model.tower(("query", "learned")).eval().encode(texts, convert_to_tensor=True)
     torch.manual_seed(config.train.seed)
     encoder = build_encoder(config, len(data.tokenizer)).eval()
     zero_shot = ZeroShotEncoder(encoder, load_tokenizer(config, config.model.query_max_tokens))(texts)

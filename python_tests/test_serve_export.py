@@ -107,7 +107,7 @@ def search_client(request, pipeline_server):
 
 def _expected(model, texts, k):
     with torch.no_grad():
-        embedding = model["tower"].encode(list(texts)).float()
+        embedding = model["tower"].encode(list(texts), convert_to_tensor=True).float()
     scores, ids = model["index"].search(embedding, k)
     return embedding.numpy(), np.asarray(scores, np.float32), np.asarray(ids, np.int64)
 
@@ -680,7 +680,7 @@ def test_cli_export_zero_shot_builds_a_recipe_index(tmp_path, capsys):
     assert all(titles[r.id] == r.title for r in recipes)
     # the exported tower is the zero-shot one: a recipe's title finds that recipe first
     tower = load_query_tower(out / C.QUERY_ENCODER / "1")
-    scores, ids = index.search(tower.encode([recipes[3].title]), 1)
+    scores, ids = index.search(tower.encode([recipes[3].title], convert_to_tensor=True), 1)
     assert ids[0, 0].item() == recipes[3].id
 
 

@@ -210,7 +210,7 @@ def test_real_server_with_onnx_encoder(model):
     from tritonclient.utils import InferenceServerException
 
     with torch.no_grad():
-        expected = model["tower"].encode(TEXTS).float()
+        expected = model["tower"].encode(TEXTS, convert_to_tensor=True).float()
     expected_scores, expected_ids = model["index"].search(expected, 10)
     for server in running_server(model["repo"], startup_timeout_s=120):
         with Client(server.url_grpc, protocol="grpc") as client:
