@@ -350,18 +350,26 @@ def triton_model_args(model_dir, instance_kind: str = "CPU", device_id: int = 0,
     }
 
 
-def load_model_py(path, pb: types.ModuleType):
+def load_model_py(path, pb: types.ModuleType, keep_environ: bool = True):
     """Imports a generated ``model.py`` (a fresh module each call) with ``pb`` installed as
     ``triton_python_backend_utils`` while it imports; returns the module (it keeps ``pb`` as its
-    ``pb_utils``)."""
+    ``pb_utils``). The generated files drop ``TRITON_INTERPRET`` from the environment (the server
+    runs compiled kernels); with ``keep_environ`` it is put back, so that the rest of a CPU test
+    session still runs the kernels under the interpreter."""
     import importlib.util
+    import os
     from pathlib import Path
 
     path = Path(path)
     spec = importlib.util.spec_from_file_location(f"model_py_{path.parent.parent.name}_{id(pb)}", path)
     module = importlib.util.module_from_spec(spec)
-    with installed_pb_utils(pb):
-        spec.loader.exec_module(module)
+    interpret = os.environ.get("TRITON_INTERPRET")
+    try:
+        with installed_pb_utils(pb):
+            spec.loader.exec_module(module)
+    finally:
+        if keep_environ and interpret is not None:
+            os.environ["TRITON_INTERPRET"] = interpret
     return module
 
 
