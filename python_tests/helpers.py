@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import types
+
+import numpy as np
 import torch
 
 
@@ -90,5 +95,313 @@ def minilm_tower_and_index(directory, rows: int):
     generator = torch.Generator().manual_seed(1)
     index.add(torch.nn.functional.normalize(torch.randn(rows, tower.output_dim, generator=generator), dim=1),
               torch.arange(rows, dtype=torch.int64) * 1000 + 7)
+    index.save(directory / "index.safetensors")
+    return tower, index
+
+
+# ---------------------------------------------------------------------------------------------
+# A stand-in for triton_python_backend_utils (the python backend's ``pb_utils``), in-process
+# ---------------------------------------------------------------------------------------------
+
+# TRITONSERVER_Error_Code (tritonserver.h), the values the stub's TritonError exposes.
+PB_ERROR_CODES = {"UNKNOWN": 0, "INTERNAL": 1, "NOT_FOUND": 2, "INVALID_ARG": 3, "UNAVAILABLE": 4,
+                  "UNSUPPORTED": 5, "ALREADY_EXISTS": 6, "CANCELLED": 7}
+# numpy_to_triton_type of the python backend: the dtypes a pb_utils.Tensor can hold.
+PB_DTYPES = {np.dtype(np.bool_): "BOOL", np.dtype(np.uint8): "UINT8", np.dtype(np.uint16): "UINT16",
+             np.dtype(np.uint32): "UINT32", np.dtype(np.uint64): "UINT64", np.dtype(np.int8): "INT8",
+             np.dtype(np.int16): "INT16", np.dtype(np.int32): "INT32", np.dtype(np.int64): "INT64",
+             np.dtype(np.float16): "FP16", np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64",
+             np.dtype(np.object_): "BYTES"}
+
+
+def _serialize_bytes(array: np.ndarray) -> bytes:
+    """The python backend's ``serialize_byte_tensor``: each element (bytes as is, anything else
+    ``str(x)`` in UTF-8) as a little-endian uint32 length and its bytes, in C order."""
+    import struct
+
+    out = []
+    for item in array.reshape(-1):
+        data = item if type(item) is bytes else str(item).encode("utf-8")
+        out += [struct.pack("<I", len(data)), data]
+    return b"".join(out)
+
+
+def _deserialize_bytes(data: bytes, shape) -> np.ndarray:
+    """``deserialize_bytes_tensor`` + reshape: an object array of ``bytes``."""
+    import struct
+
+    items, offset = [], 0
+    while offset < len(data):
+        (length,) = struct.unpack_from("<I", data, offset)
+        items.append(data[offset + 4:offset + 4 + length])
+        offset += 4 + length
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out.reshape(shape)
+
+
+def fake_pb_utils() -> types.ModuleType:
+    """A ``triton_python_backend_utils`` module that behaves like the python-backend stub's, as far
+    as omnikern's models use it (the stub fills the real module with C++ classes; their Python API
+    is mirrored here, methods where the real ones are methods):
+
+    - ``Tensor(name, array)``: an empty name or a dtype the backend has no Triton type for raises;
+      ``name()``, ``as_numpy()``, ``shape()``, ``triton_dtype()``, ``is_cpu()``. Like the stub, it
+      keeps a C-contiguous copy, and a BYTES tensor keeps what Triton would see: the elements
+      serialised (bytes as is, anything else ``str()`` in UTF-8) and read back as ``bytes``.
+    - ``InferenceRequest(inputs, requested_output_names=(), request_id="", model_name="")``:
+      ``inputs()``, ``requested_output_names()``, ``request_id()``, ``model_name()``.
+    - ``InferenceResponse(output_tensors=[], error=None)``: ``output_tensors()``, ``has_error()``,
+      ``error()``; the tensors must be ``Tensor`` objects and the error a ``TritonError``.
+    - ``TritonError(message, code=TritonError.INTERNAL)``: ``message()``, ``code()``; the codes
+      (``INVALID_ARG`` ...) are class attributes with the server's numbers.
+    - ``get_input_tensor_by_name``, ``get_output_tensor_by_name``: the real module's functions
+      (first tensor of that name, else None).
+
+    Requests are most easily made with :func:`pb_request`.
+    """
+    pb = types.ModuleType("triton_python_backend_utils")
+    pb.__doc__ = "In-process stand-in for the Triton python backend's utilities (python_tests/helpers.py)."
+
+    class TritonError:
+        def __init__(self, message, code=PB_ERROR_CODES["INTERNAL"]):
+            if message is None or code is None:
+                raise TypeError("TritonError(message, code): neither may be None")
+            if code not in PB_ERROR_CODES.values():
+                raise TypeError(f"TritonError code must be a TritonError code, got {code!r}")
+            self._message, self._code = str(message), code
+
+        def message(self):
+            return self._message
+
+        def code(self):
+            return self._code
+
+        def __repr__(self):
+            return f"TritonError({self._message!r}, code={self._code})"
+
+    for _name, _value in PB_ERROR_CODES.items():
+        setattr(TritonError, _name, _value)
+
+    class Tensor:
+        def __init__(self, name, array):
+            if not isinstance(name, str):
+                raise TypeError(f"Tensor name must be a str, got {type(name).__name__}")
+            if name == "":
+                raise ValueError("Tensor name cannot be an empty string.")
+            if not isinstance(array, np.ndarray):
+                raise TypeError(f"Tensor {name!r} needs a numpy array, got {type(array).__name__}")
+            if array.dtype.type is np.bytes_:
+                array = array.astype(object)
+            if array.dtype not in PB_DTYPES:
+                raise TypeError(f"Tensor {name!r}: numpy dtype {array.dtype} is not supported.")
+            self._name = name
+            if array.dtype == np.object_:
+                self._array = _deserialize_bytes(_serialize_bytes(array), array.shape)
+            else:
+                self._array = np.array(array, order="C", copy=True)
+
+        def name(self):
+            return self._name
+
+        def as_numpy(self):
+            return self._array
+
+        def shape(self):
+            return list(self._array.shape)
+
+        def triton_dtype(self):
+            return PB_DTYPES[self._array.dtype]
+
+        def is_cpu(self):
+            return True
+
+        def __repr__(self):
+            return f"Tensor({self._name!r}, {self.triton_dtype()} {self.shape()})"
+
+    class InferenceRequest:
+        def __init__(self, inputs=(), requested_output_names=(), request_id="", model_name=""):
+            inputs = list(inputs)
+            for tensor in inputs:
+                if not isinstance(tensor, Tensor):
+                    raise TypeError(f"InferenceRequest inputs must be Tensors, got {type(tensor).__name__}")
+            self._inputs, self._outputs = inputs, list(requested_output_names)
+            self._id, self._model = request_id, model_name
+
+        def inputs(self):
+            return list(self._inputs)
+
+        def requested_output_names(self):
+            return list(self._outputs)
+
+        def request_id(self):
+            return self._id
+
+        def model_name(self):
+            return self._model
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=(), error=None, parameters=""):
+            tensors = list(output_tensors)
+            for tensor in tensors:
+                if not isinstance(tensor, Tensor):
+                    raise TypeError(f"InferenceResponse output_tensors must be Tensors, got {type(tensor).__name__}")
+            if error is not None and not isinstance(error, TritonError):
+                raise TypeError(f"InferenceResponse error must be a TritonError or None, got {type(error).__name__}")
+            self._tensors, self._error = tensors, error
+
+        def output_tensors(self):
+            return list(self._tensors)
+
+        def has_error(self):
+            return self._error is not None
+
+        def error(self):
+            return self._error
+
+    def get_input_tensor_by_name(inference_request, name):
+        for tensor in inference_request.inputs():
+            if tensor.name() == name:
+                return tensor
+        return None
+
+    def get_output_tensor_by_name(inference_response, name):
+        for tensor in inference_response.output_tensors():
+            if tensor.name() == name:
+                return tensor
+        return None
+
+    pb.TritonError, pb.Tensor, pb.InferenceRequest, pb.InferenceResponse = (
+        TritonError, Tensor, InferenceRequest, InferenceResponse)
+    pb.get_input_tensor_by_name, pb.get_output_tensor_by_name = get_input_tensor_by_name, get_output_tensor_by_name
+    pb.serialize_byte_tensor = lambda array: _serialize_bytes(np.asarray(array)) if np.asarray(array).size else ()
+    return pb
+
+
+@contextlib.contextmanager
+def installed_pb_utils(pb: types.ModuleType | None = None):
+    """Puts ``pb`` (default: a new :func:`fake_pb_utils`) in ``sys.modules`` as
+    ``triton_python_backend_utils`` for the ``with`` block and yields it; whatever was there before
+    (or nothing) is put back afterwards. For a fixture: ``with installed_pb_utils() as pb: yield pb``."""
+    pb = fake_pb_utils() if pb is None else pb
+    name = "triton_python_backend_utils"
+    missing = object()
+    before = sys.modules.get(name, missing)
+    sys.modules[name] = pb
+    try:
+        yield pb
+    finally:
+        if before is missing:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = before
+
+
+def pb_request(pb: types.ModuleType, **inputs) -> object:
+    """``pb.InferenceRequest`` whose inputs are the keyword arguments (name=numpy array) that are
+    not None, e.g. ``pb_request(pb, text=np.array([[b"soup"]], dtype=object))``."""
+    return pb.InferenceRequest([pb.Tensor(name, array) for name, array in inputs.items() if array is not None])
+
+
+def pb_outputs(pb: types.ModuleType, response) -> dict:
+    """``{name: array}`` of a successful response; raises AssertionError with the message of an error response."""
+    if response.has_error():
+        raise AssertionError(f"error response: {response.error().message()}")
+    return {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
+
+
+def pb_error(pb: types.ModuleType, response) -> str:
+    """The message of an INVALID_ARG error response; AssertionError for a success or another code."""
+    assert response.has_error(), f"expected an error, got outputs {[t.name() for t in response.output_tensors()]}"
+    assert response.error().code() == pb.TritonError.INVALID_ARG, response.error()
+    assert response.output_tensors() == []
+    return response.error().message()
+
+
+def triton_model_args(model_dir, instance_kind: str = "CPU", device_id: int = 0, version: int = 1) -> dict:
+    """The ``args`` dict tritonserver gives ``TritonPythonModel.initialize`` for the model whose
+    directory (holding config.pbtxt) is ``model_dir``: ``model_config`` is the config as JSON (proto
+    field names, ``parameters`` as ``{key: {"string_value": ...}}``), parsed with tritonclient's
+    ``model_config_pb2`` when it is installed, else the ``parameters`` lines alone."""
+    import json
+    import re
+    from pathlib import Path
+
+    model_dir = Path(model_dir)
+    text = (model_dir / "config.pbtxt").read_text(encoding="utf-8")
+    try:
+        from google.protobuf import json_format, text_format
+        from tritonclient.grpc import model_config_pb2
+
+        config = json_format.MessageToDict(text_format.Parse(text, model_config_pb2.ModelConfig()),
+                                           preserving_proto_field_name=True)
+    except ImportError:
+        pattern = r'parameters \{ key: "((?:[^"\\]|\\.)*)" value: \{ string_value: "((?:[^"\\]|\\.)*)" \} \}'
+        config = {"name": model_dir.name,
+                  "parameters": {k: {"string_value": v} for k, v in re.findall(pattern, text)}}
+    return {
+        "model_config": json.dumps(config),
+        "model_instance_kind": instance_kind,
+        "model_instance_name": f"{model_dir.name}_0_0",
+        "model_instance_device_id": str(device_id),
+        "model_repository": str(model_dir),
+        "model_version": str(version),
+        "model_name": model_dir.name,
+    }
+
+
+def load_model_py(path, pb: types.ModuleType, keep_environ: bool = True):
+    """Imports a generated ``model.py`` (a fresh module each call) with ``pb`` installed as
+    ``triton_python_backend_utils`` while it imports; returns the module (it keeps ``pb`` as its
+    ``pb_utils``). The generated files drop ``TRITON_INTERPRET`` from the environment (the server
+    runs compiled kernels); with ``keep_environ`` it is put back, so that the rest of a CPU test
+    session still runs the kernels under the interpreter."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(f"model_py_{path.parent.parent.name}_{id(pb)}", path)
+    module = importlib.util.module_from_spec(spec)
+    interpret = os.environ.get("TRITON_INTERPRET")
+    try:
+        with installed_pb_utils(pb):
+            spec.loader.exec_module(module)
+    finally:
+        if keep_environ and interpret is not None:
+            os.environ["TRITON_INTERPRET"] = interpret
+    return module
+
+
+# Words of the tiny serving model's vocabulary (after [PAD] [UNK] [CLS] [SEP] [MASK]).
+TINY_WORDS = ("tomato", "soup", "chocolate", "chip", "cookie", "apple", "pie", "vegan", "chili", "pad", "thai",
+              "with", "tofu", "fish", "and", "chips", "ramen", "creme", "brulee", "salad", "a", "b", "c", "d",
+              "e", "f", "g", "h", "##s", "##y", "##er", "!", "&", "'", "中")
+
+
+def tiny_tower_and_index(directory, rows: int = 40, max_length: int = 12, dim: int = 16):
+    """A small query tower for the serving tests: omnikern's WordPiece over :data:`TINY_WORDS`
+    (``max_length`` tokens), a 1-layer BERT of width 32 with seeded random weights, mean pooling,
+    a seeded projection to ``dim``; and an Int8Index of ``rows`` seeded random unit vectors (ids
+    ``i·1000 + 7``, plus one negative id) saved as ``directory/index.safetensors``. Returns
+    ``(tower, index)``; building both takes well under a second."""
+    import transformers
+
+    from omnikern import Int8Index
+    from omnikern.models.towers import QueryTower
+    from omnikern.text.wordpiece import WordPieceTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]
+    tokenizer = WordPieceTokenizer(list(zip(vocab, range(len(vocab)))), max_length=max_length)
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=32)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        tower = QueryTower(transformers.BertModel(config), tokenizer=tokenizer, output_dim=dim).eval()
+    index = Int8Index(dim)
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.arange(rows, dtype=torch.int64) * 1000 + 7
+    ids[-1] = -5  # ids may be negative (contract docstring)
+    index.add(torch.nn.functional.normalize(torch.randn(rows, dim, generator=generator), dim=1), ids)
     index.save(directory / "index.safetensors")
     return tower, index
