@@ -350,26 +350,18 @@ def triton_model_args(model_dir, instance_kind: str = "CPU", device_id: int = 0,
     }
 
 
-def load_model_py(path, pb: types.ModuleType, keep_environ: bool = True):
+def load_model_py(path, pb: types.ModuleType):
     """Imports a generated ``model.py`` (a fresh module each call) with ``pb`` installed as
     ``triton_python_backend_utils`` while it imports; returns the module (it keeps ``pb`` as its
-    ``pb_utils``). The generated files drop ``TRITON_INTERPRET`` from the environment (the server
-    runs compiled kernels); with ``keep_environ`` it is put back, so that the rest of a CPU test
-    session still runs the kernels under the interpreter."""
+    ``pb_utils``)."""
     import importlib.util
-    import os
     from pathlib import Path
 
     path = Path(path)
     spec = importlib.util.spec_from_file_location(f"model_py_{path.parent.parent.name}_{id(pb)}", path)
     module = importlib.util.module_from_spec(spec)
-    interpret = os.environ.get("TRITON_INTERPRET")
-    try:
-        with installed_pb_utils(pb):
-            spec.loader.exec_module(module)
-    finally:
-        if keep_environ and interpret is not None:
-            os.environ["TRITON_INTERPRET"] = interpret
+    with installed_pb_utils(pb):
+        spec.loader.exec_module(module)
     return module
 
 
@@ -388,7 +380,7 @@ def tiny_tower_and_index(directory, rows: int = 40, max_length: int = 12, dim: i
     import transformers
 
     from omnikern import Int8Index
-    from omnikern.models.towers import QueryTower
+    from omnikern.models.encoders import QueryTower
     from omnikern.text.wordpiece import WordPieceTokenizer
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]

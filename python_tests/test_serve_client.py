@@ -138,9 +138,9 @@ TEXTS = ["tomato soup", "crème brûlée", "", "日本のラーメン", b"raw by
     ({"url": "http://127.0.0.1:8000"}, "url must be 'host:port' without a scheme, got 'http://127.0.0.1:8000'"),
     ({"url": 8000}, "url must be 'host:port' without a scheme, got 8000"),
     ({"url": None, "protocol": "grpc"}, "url must be 'host:port' without a scheme, got None"),
-    ({"url": "h:1", "max_batch_size": 0}, "max_batch_size must be None or an int >= 1, got 0"),
-    ({"url": "h:1", "max_batch_size": True}, "max_batch_size must be None or an int >= 1, got True"),
-    ({"url": "h:1", "max_batch_size": 2.0}, "max_batch_size must be None or an int >= 1, got 2.0"),
+    ({"url": "h:1", "max_batch_size": 0}, "max_batch_size must be an int >= 1 or None, got 0"),
+    ({"url": "h:1", "max_batch_size": True}, "max_batch_size must be an int >= 1 or None, got True"),
+    ({"url": "h:1", "max_batch_size": 2.0}, "max_batch_size must be an int >= 1 or None, got 2.0"),
     ({"url": "h:1", "timeout_s": 0}, "timeout_s must be > 0, got 0"),
     ({"url": "h:1", "timeout_s": -1.5}, "timeout_s must be > 0, got -1.5"),
 ])
@@ -197,9 +197,9 @@ def test_is_ready_and_server_facts(fakes):
 @pytest.mark.parametrize("k", [0, -1, True, False, 2.0, "3", [3]])
 def test_search_refuses_bad_k(fakes, k):
     with Client("h:1") as client:
-        with pytest.raises(ValueError, match="^" + re.escape(f"k must be None or an int >= 1, got {k!r}") + "$"):
+        with pytest.raises(ValueError, match="^" + re.escape(f"k must be an int >= 1 or None, got {k!r}") + "$"):
             client.search(["soup"], k=k)
-        with pytest.raises(ValueError, match="^k must be None or an int >= 1"):
+        with pytest.raises(ValueError, match="^k must be an int >= 1 or None"):
             client.search_embeddings(np.zeros((1, DIM), np.float32), k=k)
     assert fakes[0].calls == [] and fakes[0].config_calls == []
 

@@ -115,8 +115,9 @@ def check_tokens(input_ids: np.ndarray | None, attention_mask: np.ndarray | None
     """Returns ``(input_ids, attention_mask)`` (B, T) int64 after checking them.
 
     Raises:
-        RequestError: missing, not INT64, not 2-D with equal shapes, B == 0, T > ``max_tokens``,
-            ids outside ``[0, vocab_size)``, or a mask value other than 0/1.
+        RequestError: missing, not INT64, not 2-D with equal shapes, B == 0, T == 0 or
+            T > ``max_tokens``, ids outside ``[0, vocab_size)``, a mask value other than 0/1, or a
+            row with no attended token (it has no embedding: its mean pooling is empty).
     """
     for name, x in ((INPUT_IDS, input_ids), (ATTENTION_MASK, attention_mask)):
         if x is None:
@@ -130,6 +131,8 @@ def check_tokens(input_ids: np.ndarray | None, attention_mask: np.ndarray | None
                            f"and {attention_mask.shape}")
     if input_ids.shape[0] == 0:
         raise RequestError(f"{INPUT_IDS} is an empty batch (0 rows)")
+    if input_ids.shape[1] == 0:
+        raise RequestError(f"{INPUT_IDS} has 0 tokens per row")
     if input_ids.shape[1] > max_tokens:
         raise RequestError(f"{INPUT_IDS} has {input_ids.shape[1]} tokens per row, the limit is {max_tokens}")
     if input_ids.size and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
@@ -137,6 +140,9 @@ def check_tokens(input_ids: np.ndarray | None, attention_mask: np.ndarray | None
                            f"[{input_ids.min()}, {input_ids.max()}]")
     if attention_mask.size and not np.isin(attention_mask, (0, 1)).all():
         raise RequestError(f"{ATTENTION_MASK} must hold only 0 and 1")
+    empty = np.flatnonzero(attention_mask.sum(axis=1) == 0)
+    if empty.size:
+        raise RequestError(f"{ATTENTION_MASK} has rows with no attended token (rows {empty[:5].tolist()})")
     return input_ids, attention_mask
 
 
