@@ -2,7 +2,7 @@
 # Simulate the GPU machine's image on a CPU machine, so that `bench/gpu_check.sh` is known to collect
 # and pass before device time is spent on it.
 #
-# The image (see /work/shared/design.md, "The GPU machine's image"): Python 3.12, numpy 2.x, torch 2.11
+# The image (as found on the GPU machine, see docs/gpu-image-simulation.md): Python 3.12, numpy 2.x, torch 2.11
 # (CUDA), triton 3.6, pybind11, scikit-build-core, cmake, ninja, pytest, and omnikern's core
 # dependencies safetensors and tqdm; no faiss, tritonclient, tritonserver/nvidia-pytriton; no network.
 # The real image was seen (H200, 2026-12-04) to carry matplotlib, hypothesis, transformers, onnx and

@@ -13,7 +13,7 @@ import torch
 
 LEGACY_DIM = 256
 VISUAL_BITS = 1024
-# Token-id space of the text featuriser (text spec): char trigrams (64,000), unigrams (200,000) and
+# Token-id space of the text featuriser (docs/text.md, "Item featuriser"): char trigrams (64,000), unigrams (200,000) and
 # bigrams (1,000,000), 1-based in disjoint ranges with 0 reserved in each.
 FEATURISER_VOCAB = 64_000 + 200_000 + 1_000_000 + 3
 

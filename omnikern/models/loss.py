@@ -223,7 +223,7 @@ class SampledSoftmaxLoss(nn.Module):
             count_unmasked: fill its ``unmasked_negatives`` (implies ``return_components``).
         """
         with torch.no_grad():
-            # Clamp the parameter itself (spec): a functional clamp would zero dL/dt at the bound.
+            # Clamp the parameter itself (docs/loss.md, "Temperature"): a functional clamp would zero dL/dt at the bound.
             # Through .data, so that autograd's version counter does not move: a second call in the
             # same forward (one module for two candidate keys) must not invalidate the first call's
             # graph, and there the clamp is a no-op anyway (no optimiser step in between).

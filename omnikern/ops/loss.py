@@ -1,6 +1,6 @@
 """Sampled-softmax loss with learned temperature, logQ correction, id masks and Matryoshka prefixes.
 
-The training objective of OmniSearchSage (spec: ``shared/spec/loss.md``). The truth is
+The training objective of OmniSearchSage (``docs/loss.md``). The truth is
 ``omnikern.ops.reference.sampled_softmax_loss_ref``; this module computes the same numbers without
 ever holding a B × N logit matrix.
 
@@ -18,7 +18,7 @@ is O(B·D) and stays in torch autograd: the positive logit ``z⁺`` and
 
     ℓ_k(i) = log(exp z⁺_k(i) + Σ_sets exp lse_k^set(i)) − z⁺_k(i).
 
-Masking a logit to the dtype's most negative finite value (the spec) or leaving it out are the same
+Masking a logit to the dtype's most negative finite value (docs/loss.md) or leaving it out are the same
 thing here: the positive column is never masked, so its exp term dominates the lowest float's by far.
 
 Backward of ``lse`` with upstream ``γ_k(i) = ∂L/∂lse_k(i)``: ``g_k(i, j) = γ_k(i) · softmax_j z_k(i, ·)``

@@ -17,7 +17,7 @@ def l2_normalize_ref(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torc
 
 # ---- sampled-softmax loss ----
 
-# The published Matryoshka prefixes and their loss weights (spec: loss.md, "Matryoshka prefixes").
+# The published Matryoshka prefixes and their loss weights (docs/loss.md, "Matryoshka prefixes").
 DEFAULT_DIM_WEIGHTS: dict[int, float] = {16: 0.05, 32: 0.05, 64: 0.05, 128: 0.05, 256: 1.0, 512: 1.0}
 NEG_MODES = ("in_batch", "random", "mixed_sum", "mixed_concat")
 
@@ -49,7 +49,7 @@ def sampled_softmax_loss_ref(
     dims: list[int] | None = None,
     dim_weights: list[float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The sampled-softmax loss of the spec with every logit materialised; returns ``(total, components)``.
+    """The sampled-softmax loss of docs/loss.md with every logit materialised; returns ``(total, components)``.
 
     ``components[f"{term}@{dim}"]`` is the (weighted) mean cross-entropy of one logit matrix at one
     prefix, ``term`` in ``in_batch | random | mixed_concat``; ``total = Σ_dim w_dim Σ_term component``.

@@ -38,7 +38,7 @@ COUNT_DTYPES = (torch.int32, torch.int64)
 
 @triton.jit
 def _bucket(x, a, width):
-    # int64 products wrap (two's complement), and >> on a signed int is arithmetic: the spec's hash.
+    # int64 products wrap (two's complement), and >> on a signed int is arithmetic: the hash of docs/loss.md, "Count-min sketch".
     h = x * a
     h = h + (h >> 32)
     return (h & 2147483647) % width

@@ -1,6 +1,6 @@
 """Hashed n-gram item featuriser over the C++ extension: ids and offsets for ``nn.EmbeddingBag``.
 
-Rules (spec: shared/spec/text.md, "Item featuriser"), all in C++ (``csrc/ngram/``):
+Rules (docs/text.md, "Item featuriser"), all in C++ (``csrc/ngram/``):
 
 * Normalisation: NFKC_Casefold as ICU applies it (NFKC + full case folding + removal of
   Default_Ignorable_Code_Point, to a fixpoint per code point, then NFC), Unicode 17.0 tables. No

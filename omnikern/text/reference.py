@@ -96,7 +96,7 @@ def pool_ref(token_embeddings, attention_mask, modes=("mean",)):
 
 # ---- ngram ----
 # Plain-Python truth for omnikern.text.ngram, from Python's own ``unicodedata`` (Unicode 14.0 on
-# Python 3.11). It restates the rules of spec/text.md "Item featuriser" without sharing code with
+# Python 3.11). It restates the rules of docs/text.md "Item featuriser" without sharing code with
 # the C++ featuriser. Where Python's Unicode version differs from the C++ tables (Unicode 17.0 for
 # NFKC_Casefold and Zs, 8.0 for punctuation) the two disagree; the tests list those code points.
 
@@ -172,7 +172,7 @@ def _is_ngram_cjk(ch: str) -> bool:
 
 
 def char_trigrams_ref(text: str) -> list[str]:
-    """Char trigrams of ``nfkc_casefold_ref(text)`` with ``#`` boundaries (spec rules)."""
+    """Char trigrams of ``nfkc_casefold_ref(text)`` with ``#`` boundaries (docs/text.md)."""
     seq = ["#"]
     for ch in nfkc_casefold_ref(text):
         if _is_ngram_whitespace(ch):

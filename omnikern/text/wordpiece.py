@@ -1,6 +1,6 @@
 """BERT WordPiece tokenizer over the C++ extension, with ids identical to HF ``tokenizers``.
 
-The pipeline (spec: shared/spec/text.md, "Query tokenizer") runs in C++: special tokens are cut out
+The pipeline (docs/text.md, "Query tokenizer") runs in C++: special tokens are cut out
 of the raw text, then clean -> CJK padding -> strip accents (NFD, drop Mn) -> lowercase ->
 whitespace/punctuation split -> greedy longest-match WordPiece with ``##`` continuations -> ``[CLS]
 ... [SEP]`` truncated to ``max_length``. Unicode data: categories and NFD from Unicode 8.0, lowercase
