@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load, save
 
 from omnikern._atomic import write_bytes_atomic
 from omnikern._checks import check_int
@@ -251,8 +252,6 @@ class Int8Index:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the index to ``path`` (safetensors + checksum), atomically."""
-        from safetensors.torch import save
-
         tensors = self._tensors()
         metadata = {
             "format": _FORMAT,
@@ -273,8 +272,6 @@ class Int8Index:
             ValueError: the file is truncated, corrupted (checksum mismatch), not an omnikern
                 index, or inconsistent.
         """
-        from safetensors.torch import load
-
         path = Path(path)
         data = path.read_bytes()
 

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 pytest.importorskip("safetensors", reason="safetensors (a core dependency) is not installed")
 from safetensors.torch import save_file  # noqa: E402
 
-from omnikern.models.encoders import ZeroShotEncoder  # noqa: E402
 from omnikern.data.legacy import (  # noqa: E402
     compute_legacy_vectors,
     ensure_legacy_vectors,
@@ -24,6 +23,7 @@ from omnikern.data.legacy import (  # noqa: E402
     save_legacy_vectors,
 )
 from omnikern.data.recipes import Recipe
+from omnikern.models.encoders import ZeroShotEncoder  # noqa: E402
 
 
 def _recipes(n: int) -> list[Recipe]:

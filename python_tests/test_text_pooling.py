@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from helpers import assert_close_verbose
+
 from omnikern import _C
 from omnikern.text import pool
 from omnikern.text.reference import pool_ref

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from omnikern._checks import check_int
+from omnikern.data.contract import TaskBatch
 from omnikern.data.queries import QuerySets
 from omnikern.data.recipes import TEXT_FIELDS, Recipe
-from omnikern.data.contract import TaskBatch
 
 LEGACY_FEATURE = "legacy"
 

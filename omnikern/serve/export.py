@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from omnikern import __version__
 from omnikern._atomic import copy_file_atomic, write_text_atomic
@@ -327,8 +328,6 @@ def export_triton(
 
 def _index_shape(path: Path) -> tuple[int, int]:
     """``(dim, rows)`` of a saved index, read from its safetensors header (no tensor data loaded)."""
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
         if "codes" not in handle.keys():

@@ -26,6 +26,7 @@ How the server is made to run on a plain CPU machine (all found by trying, trito
 from __future__ import annotations
 
 import atexit
+import ctypes
 import http.client
 import importlib.util
 import os
@@ -108,8 +109,6 @@ def _set_parent_death_signal() -> None:
     """In the child before exec: SIGTERM the server if the Python process that started it dies
     (even by SIGKILL), so a killed test run leaves no server behind. Linux only; best effort."""
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: BLE001 - never fail the exec over this

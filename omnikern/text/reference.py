@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 _MASK32 = 0xFFFFFFFF
 _MASK64 = 0xFFFFFFFFFFFFFFFF
 
@@ -119,8 +121,6 @@ def _in_ranges(ranges, cp: int) -> bool:
 
 def is_default_ignorable_ref(ch: str) -> bool:
     """Unicode's Default_Ignorable_Code_Point, from its derivation."""
-    import unicodedata
-
     cp = ord(ch)
     if _in_ranges(_OTHER_DEFAULT_IGNORABLE, cp) or _in_ranges(_VARIATION_SELECTOR, cp):
         return True
@@ -133,8 +133,6 @@ def is_default_ignorable_ref(ch: str) -> bool:
 
 def _nfkc_casefold_char(ch: str) -> str:
     # Repeat NFKC -> full case folding -> drop default ignorables until nothing changes.
-    import unicodedata
-
     current = ch
     while True:
         folded = "".join(c for c in unicodedata.normalize("NFKC", current) if not is_default_ignorable_ref(c))
@@ -146,20 +144,14 @@ def _nfkc_casefold_char(ch: str) -> str:
 
 def nfkc_casefold_ref(text: str) -> str:
     """NFKC_Casefold as ICU applies it: NFC of the concatenated per-character NFKC_CF mappings."""
-    import unicodedata
-
     return unicodedata.normalize("NFC", "".join(_nfkc_casefold_char(c) for c in text))
 
 
 def _is_ngram_whitespace(ch: str) -> bool:
-    import unicodedata
-
     return ch in "\t\n\r" or unicodedata.category(ch) == "Zs"
 
 
 def _is_ngram_punctuation(ch: str) -> bool:
-    import unicodedata
-
     cp = ord(ch)
     return 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 or unicodedata.category(ch)[0] == "P"
 
