@@ -21,7 +21,7 @@
 #include <utility>
 #include <vector>
 
-#include "tokenize/wordpiece.h"
+#include "common/token_map.h"
 
 namespace omnikern {
 

@@ -6,8 +6,9 @@
 #include <string>
 #include <vector>
 
-#include "ngram/nfkc_casefold.h"
 #include "tests/check.h"
+#include "unicode/nfkc_casefold.h"
+#include "unicode/unicode.h"
 
 using omnikern::NGramFeaturizer;
 using Strings = std::vector<std::string>;
