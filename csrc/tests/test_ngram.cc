@@ -1,4 +1,5 @@
-// The n-gram featuriser: the worked examples of spec/text.md, NFKC_Casefold, id layout and batches.
+// The n-gram featuriser: the worked examples of docs/text.md, "Item featuriser", NFKC_Casefold, id
+// layout and batches.
 #include "ngram/ngram.h"
 
 #include <random>

@@ -1,5 +1,5 @@
 // BERT WordPiece tokenizer with ids identical to HF tokenizers (BertNormalizer + BertPreTokenizer +
-// WordPiece model + BERT post-processor), spec: shared/spec/text.md "Query tokenizer".
+// WordPiece model + BERT post-processor); docs/text.md, "Query tokenizer".
 #pragma once
 
 #include <cstdint>
