@@ -1,92 +1,152 @@
 // The only file that sees pybind11: converts Python inputs to C++ types, releases the GIL for
 // batch work, and maps C++ exceptions (std::invalid_argument -> ValueError,
-// std::out_of_range -> IndexError; pybind11 does this by default).
+// std::out_of_range -> IndexError; pybind11 does this by default). The work itself is in the pure
+// C++ components under csrc/.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <cmath>
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <initializer_list>
+#include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
-#include "hashing/string_hash.h"
 #include "common/parallel.h"
-#include "tokenize/wordpiece.h"
-#include "unicode/unicode.h"
+#include "hashing/string_hash.h"
+#include "ngram/ngram.h"
 #include "pooling/pooling.h"
 #include "scoring/int8_topk.h"
-#include "ngram/ngram.h"
-#include <cstring>
+#include "tokenize/wordpiece.h"
+#include "unicode/unicode.h"
 
 namespace py = pybind11;
 
 namespace {
 
-// Accept str (encoded as UTF-8) or bytes (taken as-is) for each item of `strings`.
-std::vector<std::string> to_byte_strings(const py::iterable& strings, const char* arg_name) {
-  std::vector<std::string> out;
-  for (const py::handle item : strings) {
-    if (py::isinstance<py::str>(item)) {
-      // Not item.cast<std::string>(): that hides a UnicodeEncodeError (lone surrogates) behind a
-      // RuntimeError. Let Python's own error through instead.
-      Py_ssize_t size = 0;
-      const char* data = PyUnicode_AsUTF8AndSize(item.ptr(), &size);
-      if (data == nullptr) throw py::error_already_set();
-      out.emplace_back(data, static_cast<size_t>(size));
-    } else if (py::isinstance<py::bytes>(item)) {
-      out.push_back(std::string(item.cast<py::bytes>()));
-    } else {
-      throw py::type_error(std::string(arg_name) + " must hold str or bytes items, got " +
-                           std::string(py::str(py::type::of(item).attr("__name__"))));
-    }
-  }
-  return out;
-}
+std::string type_name(py::handle obj) { return py::str(py::type::of(obj).attr("__name__")); }
 
-template <int64_t (*IdFn)(std::string_view)>
-py::array_t<int64_t> hash_ids(const py::iterable& strings) {
-  const std::vector<std::string> items = to_byte_strings(strings, "strings");
-  py::array_t<int64_t> ids(static_cast<py::ssize_t>(items.size()));
-  int64_t* out = ids.mutable_data();
-  {
-    py::gil_scoped_release release;
-    for (size_t i = 0; i < items.size(); ++i) out[i] = IdFn(items[i]);
-  }
-  return ids;
-}
+// Text inputs ---------------------------------------------------------------------------------
 
-}  // namespace
+// How a TypeError for a non-text input names it.
+enum class TextName {
+  kArgument,     // "text must be str or bytes, got int"
+  kIndexedItem,  // "texts[3] must be str or bytes, got int"
+  kAnyItem,      // "strings must hold str or bytes items, got int"
+};
 
-// ---- wordpiece + unicode (helpers) ----
-namespace {
-
-// The UTF-8 bytes of a str (CPython caches them on the object) or of a bytes object, without a
-// copy: valid while `item` is alive. A str with lone surrogates raises UnicodeEncodeError (a
-// ValueError); other types raise TypeError naming `arg_name`.
-std::string_view utf8_view(py::handle item, const char* arg_name) {
+// A text input: the UTF-8 bytes of a str (CPython caches them on the object) or the bytes of a
+// bytes object, viewed without a copy, so valid while `item` is alive. A str with lone surrogates
+// raises Python's UnicodeEncodeError (a ValueError; item.cast<std::string>() would hide it behind
+// a RuntimeError); any other type raises a TypeError naming `arg_name` (item `index` of it for
+// TextName::kIndexedItem).
+std::string_view text_view(py::handle item, const char* arg_name, TextName name = TextName::kArgument,
+                           size_t index = 0) {
   if (PyUnicode_Check(item.ptr())) {
     Py_ssize_t size = 0;
     const char* data = PyUnicode_AsUTF8AndSize(item.ptr(), &size);
     if (data == nullptr) throw py::error_already_set();
     return std::string_view(data, static_cast<size_t>(size));
   }
-  if (PyBytes_Check(item.ptr())) {
+  if (PyBytes_Check(item.ptr()))
     return std::string_view(PyBytes_AS_STRING(item.ptr()), static_cast<size_t>(PyBytes_GET_SIZE(item.ptr())));
+  const std::string arg(arg_name);
+  switch (name) {
+    case TextName::kArgument:
+      throw py::type_error(arg + " must be str or bytes, got " + type_name(item));
+    case TextName::kIndexedItem:
+      throw py::type_error(arg + "[" + std::to_string(index) + "] must be str or bytes, got " + type_name(item));
+    case TextName::kAnyItem:
+      break;
   }
-  throw py::type_error(std::string(arg_name) + " must be str or bytes, got " +
-                       std::string(py::str(py::type::of(item).attr("__name__"))));
+  throw py::type_error(arg + " must hold str or bytes items, got " + type_name(item));
+}
+
+// A sequence of text inputs: text_view() of each item of `texts`, with the items kept alive by a
+// list of this call's own (the caller's list may change while the GIL is released).
+struct TextBatch {
+  py::list items;
+  std::vector<std::string_view> views;
+};
+
+TextBatch text_batch(const py::iterable& texts, const char* arg_name, TextName name = TextName::kIndexedItem) {
+  TextBatch batch{py::reinterpret_steal<py::list>(PySequence_List(texts.ptr())), {}};
+  if (!batch.items) throw py::error_already_set();
+  batch.views.reserve(batch.items.size());
+  for (size_t i = 0; i < batch.items.size(); ++i) batch.views.push_back(text_view(batch.items[i], arg_name, name, i));
+  return batch;
 }
 
 std::u32string to_u32(py::handle text, const char* arg_name) {
-  return omnikern::unicode::decode_utf8(utf8_view(text, arg_name));
+  return omnikern::unicode::decode_utf8(text_view(text, arg_name));
 }
 
 py::str from_u32(const std::u32string& text) {
   const std::string utf8 = omnikern::unicode::encode_utf8(text);
   return py::str(utf8.data(), utf8.size());
 }
+
+// Arrays --------------------------------------------------------------------------------------
+
+struct DType {
+  char kind;  // numpy's dtype.kind
+  py::ssize_t itemsize;
+  const char* name;
+};
+
+// Checks that `arr` has `ndim` dimensions and is C-contiguous with native byte order (the Python
+// wrappers copy other layouts before calling; direct callers get a ValueError naming the argument)
+// and, when `dtypes` is not empty, that its dtype is one of them (else a TypeError listing them).
+// Returns the index of its dtype in `dtypes` (0 when `dtypes` is empty).
+size_t check_array(const py::array& arr, const char* arg_name, py::ssize_t ndim,
+                   std::initializer_list<DType> dtypes = {}) {
+  const std::string arg(arg_name);
+  if (arr.ndim() != ndim)
+    throw std::invalid_argument(arg + " must have " + std::to_string(ndim) + (ndim == 1 ? " dimension" : " dimensions") +
+                                ", got " + std::to_string(arr.ndim()));
+  if (!(arr.flags() & py::array::c_style))
+    throw std::invalid_argument(arg + " must be C-contiguous (use np.ascontiguousarray)");
+  if (!arr.dtype().attr("isnative").cast<bool>()) throw std::invalid_argument(arg + " must have native byte order");
+  if (dtypes.size() == 0) return 0;
+  const char kind = arr.dtype().kind();
+  const py::ssize_t itemsize = arr.itemsize();
+  std::string allowed;
+  size_t i = 0;
+  for (const DType& t : dtypes) {
+    if (t.kind == kind && t.itemsize == itemsize) return i;
+    allowed += std::string(i == 0 ? "" : i + 1 == dtypes.size() ? " or " : ", ") + t.name;
+    ++i;
+  }
+  throw py::type_error(arg + " must be " + allowed + ", got " + py::str(arr.dtype()).cast<std::string>());
+}
+
+py::array_t<int64_t> to_int64_array(const std::vector<int64_t>& values) {
+  py::array_t<int64_t> out(static_cast<py::ssize_t>(values.size()));
+  if (!values.empty()) std::memcpy(out.mutable_data(), values.data(), values.size() * sizeof(int64_t));
+  return out;
+}
+
+// Hashing -------------------------------------------------------------------------------------
+
+template <int64_t (*IdFn)(std::string_view)>
+py::array_t<int64_t> hash_ids(const py::iterable& strings) {
+  const TextBatch batch = text_batch(strings, "strings", TextName::kAnyItem);
+  py::array_t<int64_t> ids(static_cast<py::ssize_t>(batch.views.size()));
+  int64_t* out = ids.mutable_data();
+  {
+    py::gil_scoped_release release;
+    for (size_t i = 0; i < batch.views.size(); ++i) out[i] = IdFn(batch.views[i]);
+  }
+  return ids;
+}
+
+// Unicode and WordPiece -----------------------------------------------------------------------
 
 omnikern::unicode::Ucd parse_ucd(const std::string& version) {
   if (version == "8.0") return omnikern::unicode::Ucd::kV8;
@@ -97,21 +157,12 @@ omnikern::unicode::Ucd parse_ucd(const std::string& version) {
 // (input_ids, attention_mask), both int64 (B, L) with L the longest row, padded with pad_id / 0.
 py::tuple wordpiece_encode_batch(const omnikern::WordPieceTokenizer& tok, const py::iterable& texts,
                                  int num_threads) {
-  const py::list items(texts);  // holds every item alive while its bytes are viewed
-  std::vector<std::string_view> views;
-  views.reserve(items.size());
-  for (size_t i = 0; i < items.size(); ++i) {
-    const py::handle item = items[i];
-    if (!PyUnicode_Check(item.ptr()) && !PyBytes_Check(item.ptr()))
-      throw py::type_error("texts[" + std::to_string(i) + "] must be str or bytes, got " +
-                           std::string(py::str(py::type::of(item).attr("__name__"))));
-    views.push_back(utf8_view(item, "texts"));
-  }
+  const TextBatch batch = text_batch(texts, "texts");
   std::vector<std::vector<int32_t>> rows;
   size_t longest = 0;
   {
     py::gil_scoped_release release;
-    rows = tok.encode_batch(views, num_threads);
+    rows = tok.encode_batch(batch.views, num_threads);
     for (const auto& r : rows) longest = std::max(longest, r.size());
   }
   const auto b = static_cast<py::ssize_t>(rows.size()), l = static_cast<py::ssize_t>(longest);
@@ -137,51 +188,18 @@ py::tuple wordpiece_encode_batch(const omnikern::WordPieceTokenizer& tok, const 
   return py::make_tuple(ids, mask);
 }
 
-}  // namespace
-// ---- end wordpiece + unicode (helpers) ----
-// ---- pooling ----
-namespace {
-
-// Checks `arr` is C-contiguous with native byte order and `ndim` dimensions; the Python wrapper
-// copies other layouts before calling, direct callers get a ValueError naming the argument.
-void check_plain_array(const py::array& arr, const char* arg_name, py::ssize_t ndim) {
-  if (arr.ndim() != ndim)
-    throw std::invalid_argument(std::string(arg_name) + " must have " + std::to_string(ndim) +
-                                " dimensions, got " + std::to_string(arr.ndim()));
-  if (!(arr.flags() & py::array::c_style))
-    throw std::invalid_argument(std::string(arg_name) + " must be C-contiguous (use np.ascontiguousarray)");
-  if (!arr.dtype().attr("isnative").cast<bool>())
-    throw std::invalid_argument(std::string(arg_name) + " must have native byte order");
-}
-
-std::string dtype_name(const py::array& arr) { return py::str(arr.dtype()).cast<std::string>(); }
+// Pooling -------------------------------------------------------------------------------------
 
 py::array_t<float> pool_arrays(const py::array& token_embeddings, const py::array& attention_mask,
                                const std::vector<std::string>& modes, int num_threads) {
-  check_plain_array(token_embeddings, "token_embeddings", 3);
-  check_plain_array(attention_mask, "attention_mask", 2);
-  const char kind = token_embeddings.dtype().kind();
-  const py::ssize_t size = token_embeddings.itemsize();
-  omnikern::EmbeddingType emb_type;
-  if (kind == 'f' && size == 4) {
-    emb_type = omnikern::EmbeddingType::kFloat32;
-  } else if (kind == 'f' && size == 2) {
-    emb_type = omnikern::EmbeddingType::kFloat16;
-  } else {
-    throw py::type_error("token_embeddings must be float32 or float16, got " + dtype_name(token_embeddings));
-  }
-  const char mask_kind = attention_mask.dtype().kind();
-  const py::ssize_t mask_size = attention_mask.itemsize();
-  omnikern::MaskType mask_type;
-  if (mask_kind == 'i' && mask_size == 8) {
-    mask_type = omnikern::MaskType::kInt64;
-  } else if (mask_kind == 'i' && mask_size == 4) {
-    mask_type = omnikern::MaskType::kInt32;
-  } else if ((mask_kind == 'b' || mask_kind == 'u') && mask_size == 1) {
-    mask_type = omnikern::MaskType::kUInt8;
-  } else {
-    throw py::type_error("attention_mask must be int64, int32, bool or uint8, got " + dtype_name(attention_mask));
-  }
+  static constexpr omnikern::EmbeddingType kEmbeddingTypes[] = {omnikern::EmbeddingType::kFloat32,
+                                                                omnikern::EmbeddingType::kFloat16};
+  static constexpr omnikern::MaskType kMaskTypes[] = {omnikern::MaskType::kInt64, omnikern::MaskType::kInt32,
+                                                      omnikern::MaskType::kUInt8, omnikern::MaskType::kUInt8};
+  const omnikern::EmbeddingType emb_type =
+      kEmbeddingTypes[check_array(token_embeddings, "token_embeddings", 3, {{'f', 4, "float32"}, {'f', 2, "float16"}})];
+  const omnikern::MaskType mask_type = kMaskTypes[check_array(
+      attention_mask, "attention_mask", 2, {{'i', 8, "int64"}, {'i', 4, "int32"}, {'b', 1, "bool"}, {'u', 1, "uint8"}})];
   const py::ssize_t B = token_embeddings.shape(0), L = token_embeddings.shape(1), H = token_embeddings.shape(2);
   if (attention_mask.shape(0) != B || attention_mask.shape(1) != L)
     throw std::invalid_argument("attention_mask must have shape (B, L) = (" + std::to_string(B) + ", " +
@@ -201,27 +219,20 @@ py::array_t<float> pool_arrays(const py::array& token_embeddings, const py::arra
   return out;
 }
 
-}  // namespace
-// ---- end pooling ----
-// ---- int8 scoring: helpers ----
-namespace {
+// Int8 scoring --------------------------------------------------------------------------------
 
+// c_style array_t arguments: pybind11 converts other layouts and byte orders (not dtypes).
 using Int8Array = py::array_t<int8_t, py::array::c_style>;
 using FloatArray = py::array_t<float, py::array::c_style>;
 using Int64Array = py::array_t<int64_t, py::array::c_style>;
 
-void require_ndim(const py::array& a, py::ssize_t ndim, const char* name) {
-  if (a.ndim() != ndim)
-    throw std::invalid_argument(std::string(name) + " must have " + std::to_string(ndim) + " dimension(s), got " +
-                                std::to_string(a.ndim()));
-}
-
-// queries: float32 (Q, >= dim); quantised here (GIL released) so that no torch op runs per call.
+// queries: float32 (Q, >= dim); quantised by omnikern::quantize_queries with the GIL released, so
+// that no torch op runs per call.
 py::tuple int8_topk_py(const FloatArray& queries, const Int8Array& codes, const std::optional<FloatArray>& scales,
                        int64_t dim, const std::optional<Int64Array>& exclude, int64_t k, int num_threads,
                        const std::string& isa_name) {
-  require_ndim(queries, 2, "query");
-  require_ndim(codes, 2, "codes");
+  check_array(queries, "query", 2);
+  check_array(codes, "codes", 2);
   const int64_t Q = queries.shape(0);
   if (dim <= 0 || dim > queries.shape(1) || dim > codes.shape(1))
     throw std::invalid_argument("dim must be in [1, " + std::to_string(codes.shape(1)) + "], got " + std::to_string(dim));
@@ -235,14 +246,14 @@ py::tuple int8_topk_py(const FloatArray& queries, const Int8Array& codes, const 
   in.dim = dim;
   in.k = k;
   if (scales) {
-    require_ndim(*scales, 1, "scales");
+    check_array(*scales, "scales", 1);
     if (scales->shape(0) != in.num_rows) throw std::invalid_argument("scales must have one entry per row");
     in.row_factors = scales->data();
   } else {
     in.normalize_rows = true;  // prefix cosine: row factor 1 / ‖codes[i, :dim]‖
   }
   if (exclude) {
-    require_ndim(*exclude, 1, "exclude");
+    check_array(*exclude, "exclude", 1);
     if (exclude->shape(0) != Q) throw std::invalid_argument("exclude must have one entry per query");
     in.exclude = exclude->data();
   }
@@ -257,15 +268,7 @@ py::tuple int8_topk_py(const FloatArray& queries, const Int8Array& codes, const 
     py::gil_scoped_release release;
     std::vector<int8_t> qcodes(static_cast<size_t>(Q * dim));
     std::vector<float> qfactors(static_cast<size_t>(Q));
-    omnikern::quantize_int8_rows(query_ptr, Q, query_stride, dim, qcodes.data(), qfactors.data());
-    if (in.normalize_rows) {
-      // 1 / ‖qc‖ with correctly rounded float ops, as the torch and Triton paths compute it.
-      for (int64_t q = 0; q < Q; ++q) {
-        int32_t ss = 0;
-        for (int64_t d = 0; d < dim; ++d) ss += qcodes[q * dim + d] * qcodes[q * dim + d];
-        qfactors[q] = ss > 0 ? 1.0f / std::sqrt(static_cast<float>(ss)) : 0.0f;
-      }
-    }
+    omnikern::quantize_queries(query_ptr, Q, query_stride, dim, in.normalize_rows, qcodes.data(), qfactors.data());
     in.queries = qcodes.data();
     in.query_factors = qfactors.data();
     omnikern::int8_topk(in, scores_ptr, indices_ptr, num_threads, isa);
@@ -274,7 +277,7 @@ py::tuple int8_topk_py(const FloatArray& queries, const Int8Array& codes, const 
 }
 
 py::tuple quantize_int8_py(const FloatArray& x) {
-  require_ndim(x, 2, "x");
+  check_array(x, "x", 2);
   const int64_t n = x.shape(0), d = x.shape(1);
   Int8Array codes({n, d});
   FloatArray scales(n);
@@ -287,64 +290,38 @@ py::tuple quantize_int8_py(const FloatArray& x) {
   return py::make_tuple(codes, scales);
 }
 
-}  // namespace
-// ---- end int8 scoring: helpers ----
-
-// ---- ngram (helpers) ----
-namespace {
-
-// Views of the UTF-8 bytes of each item of `texts` (a list the caller keeps alive).
-std::vector<std::string_view> ngram_text_views(const py::list& items, const char* arg_name) {
-  std::vector<std::string_view> views;
-  views.reserve(items.size());
-  for (size_t i = 0; i < items.size(); ++i) {
-    const py::handle item = items[i];
-    if (!PyUnicode_Check(item.ptr()) && !PyBytes_Check(item.ptr()))
-      throw py::type_error(std::string(arg_name) + "[" + std::to_string(i) + "] must be str or bytes, got " +
-                           std::string(py::str(py::type::of(item).attr("__name__"))));
-    views.push_back(utf8_view(item, arg_name));
-  }
-  return views;
-}
-
-py::array_t<int64_t> to_int64_array(const std::vector<int64_t>& values) {
-  py::array_t<int64_t> out(static_cast<py::ssize_t>(values.size()));
-  if (!values.empty()) std::memcpy(out.mutable_data(), values.data(), values.size() * sizeof(int64_t));
-  return out;
-}
+// N-grams -------------------------------------------------------------------------------------
 
 // (input_ids (N,), offsets (len(texts),)) int64: the nn.EmbeddingBag input of a flat list of texts.
 py::tuple ngram_featurize_batch(const omnikern::NGramFeaturizer& f, const py::iterable& texts, size_t num_fields,
                                 int num_threads) {
-  const py::list items(texts);
-  const std::vector<std::string_view> views = ngram_text_views(items, "texts");
+  const TextBatch batch = text_batch(texts, "texts");
   std::vector<int64_t> ids, offsets;
   {
     py::gil_scoped_release release;
-    f.featurize_batch(views, num_fields, num_threads, ids, offsets);
+    f.featurize_batch(batch.views, num_fields, num_threads, ids, offsets);
   }
   return py::make_tuple(to_int64_array(ids), to_int64_array(offsets));
 }
 
 py::tuple ngram_count(const py::iterable& corpus, const std::array<size_t, 3>& caps, int64_t min_count,
                       int num_threads) {
-  const py::list items(corpus);
-  const std::vector<std::string_view> views = ngram_text_views(items, "corpus");
+  const TextBatch batch = text_batch(corpus, "corpus");
   std::array<std::vector<std::pair<std::string, int64_t>>, 3> counts;
   {
     py::gil_scoped_release release;
-    counts = omnikern::count_ngrams(views, caps, min_count, num_threads);
+    counts = omnikern::count_ngrams(batch.views, caps, min_count, num_threads);
   }
   return py::make_tuple(py::cast(counts[0]), py::cast(counts[1]), py::cast(counts[2]));
 }
 
 }  // namespace
-// ---- end ngram (helpers) ----
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "omnikern C++ extension: text processing, hashing and CPU scoring on plain buffers";
   m.attr("__version__") = OMNIKERN_VERSION;
 
+  // Hashing
   m.def("string_id_hash32", &hash_ids<omnikern::string_id32>, py::arg("strings"),
         "int64 ids (N,) from LevelDB's 32-bit hash of each string's UTF-8 bytes: 1 + int32(h), "
         "0 for the empty string.");
@@ -357,7 +334,8 @@ PYBIND11_MODULE(_C, m) {
         return omnikern::leveldb_hash32(std::string_view(data), seed);
       },
       py::arg("data"), py::arg("seed") = 0xbc9f1d34u, "LevelDB's uint32 hash of raw bytes.");
-  // ---- wordpiece + unicode ----
+
+  // Unicode
   m.attr("UNICODE_VERSIONS") = py::make_tuple(omnikern::unicode::tables::kVersionV8,
                                               omnikern::unicode::tables::kVersionV17);
   m.def(
@@ -394,6 +372,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("code_point"), py::arg("unicode_version") = "17.0",
       "str: the general category of one code point in Unicode 8.0 or 17.0.");
 
+  // WordPiece
   py::class_<omnikern::WordPieceTokenizer>(m, "WordPieceTokenizer",
                                            "BERT WordPiece with ids identical to HF tokenizers (see omnikern.text).")
       .def(py::init([](const std::vector<std::pair<std::string, int32_t>>& vocab, bool clean_text,
@@ -430,7 +409,7 @@ PYBIND11_MODULE(_C, m) {
       .def(
           "encode",
           [](const omnikern::WordPieceTokenizer& tok, const py::object& text) {
-            const std::string_view bytes = utf8_view(text, "text");
+            const std::string_view bytes = text_view(text, "text");
             std::vector<int32_t> ids;
             {
               py::gil_scoped_release release;
@@ -452,17 +431,15 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("unk_id", &omnikern::WordPieceTokenizer::unk_id)
       .def_property_readonly("cls_id", &omnikern::WordPieceTokenizer::cls_id)
       .def_property_readonly("sep_id", &omnikern::WordPieceTokenizer::sep_id);
-  // ---- end wordpiece + unicode ----
 
-  // ---- pooling ----
+  // Pooling
   m.def("pool", &pool_arrays, py::arg("token_embeddings"), py::arg("attention_mask"), py::arg("modes"),
         py::arg("num_threads") = 0,
         "float32 (B, H * len(modes)) from C-contiguous token_embeddings (B, L, H) float32/float16 and "
         "attention_mask (B, L) int64/int32/bool/uint8 (nonzero = attend); modes from 'cls', 'mean', "
         "'mean_sqrt', 'max', concatenated in order. Releases the GIL; identical for any num_threads.");
-  // ---- end pooling ----
 
-  // ---- int8 scoring ----
+  // Int8 scoring
   m.def("int8_topk", &int8_topk_py, py::arg("queries"), py::arg("codes"), py::arg("scales"), py::arg("dim"),
         py::arg("exclude"), py::arg("k"), py::arg("num_threads") = 0, py::arg("isa") = "auto",
         "Top-k rows of int8 `codes` (N, D) per float32 query (Q, >= dim), searching columns [0, dim). "
@@ -476,19 +453,18 @@ PYBIND11_MODULE(_C, m) {
         "(codes int8 (N, D), scales float32 (N,)) of float32 x (N, D), bit-identical to "
         "omnikern.quantize_int8.");
   m.def("int8_best_isa", &omnikern::int8_best_isa, "The instruction set int8_topk uses with isa='auto'.");
-  // ---- end int8 scoring ----
 
-  // ---- ngram ----
+  // N-grams
   m.def(
-      "ngram_normalize", [](const py::object& text) { return omnikern::ngram_normalize(utf8_view(text, "text")); },
+      "ngram_normalize", [](const py::object& text) { return omnikern::ngram_normalize(text_view(text, "text")); },
       py::arg("text"), "str: NFKC_Casefold of `text` (str or UTF-8 bytes), Unicode 17.0, as ICU's nfkc_cf.");
   m.def(
       "ngram_char_trigrams",
-      [](const py::object& text) { return omnikern::char_trigrams(utf8_view(text, "text")); }, py::arg("text"),
+      [](const py::object& text) { return omnikern::char_trigrams(text_view(text, "text")); }, py::arg("text"),
       "list[str]: the char trigrams of the NFKC_Casefold-ed text, with '#' boundaries, in order.");
   m.def(
       "ngram_word_ngrams",
-      [](const py::object& text, size_t n) { return omnikern::word_ngrams(utf8_view(text, "text"), n); },
+      [](const py::object& text, size_t n) { return omnikern::word_ngrams(text_view(text, "text"), n); },
       py::arg("text"), py::arg("n"), "list[str]: the word n-grams (n words joined by '#') of the normalised text.");
   m.def("ngram_count", &ngram_count, py::arg("corpus"), py::arg("caps"), py::arg("min_count"),
         py::arg("num_threads") = 0,
@@ -509,7 +485,7 @@ PYBIND11_MODULE(_C, m) {
       .def(
           "featurize",
           [](const omnikern::NGramFeaturizer& f, const py::object& text) {
-            const std::string_view bytes = utf8_view(text, "text");
+            const std::string_view bytes = text_view(text, "text");
             std::vector<int64_t> ids;
             {
               py::gil_scoped_release release;
@@ -522,5 +498,4 @@ PYBIND11_MODULE(_C, m) {
            "int: first id of vocabulary k's range (0 trigrams, 1 unigrams, 2 bigrams; 3 = total).")
       .def_property_readonly("vocab_size", &omnikern::NGramFeaturizer::vocab_size)
       .def_property_readonly("oov_buckets", &omnikern::NGramFeaturizer::oov_buckets);
-  // ---- end ngram ----
 }

@@ -1,6 +1,8 @@
 # Type stub for the C++ extension omnikern._C (csrc/bindings.cpp). Kept honest by
 # python_tests/test_c_stub.py: every public name here must exist in the module and vice versa.
-# Helpers adding bindings: add a block for your component below.
+# Text arguments take str (used as UTF-8) or bytes; a wrong type is a TypeError naming the argument.
+# pool's arrays must be C-contiguous with native byte order (else a ValueError naming the argument);
+# int8_topk and quantize_int8 copy other layouts of their float32/int8/int64 arrays.
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -8,12 +10,12 @@ import numpy.typing as npt
 
 __version__: str
 
-# ---- hashing ----
+# Hashing
 def string_id_hash32(strings: Iterable[str | bytes]) -> npt.NDArray[np.int64]: ...
 def string_id_hash64(strings: Iterable[str | bytes]) -> npt.NDArray[np.int64]: ...
 def leveldb_hash32(data: bytes, seed: int = 0xBC9F1D34) -> int: ...
 
-# ---- wordpiece + unicode ----
+# Unicode and WordPiece
 UNICODE_VERSIONS: tuple[str, str]
 
 def unicode_normalize(text: str | bytes, form: str, unicode_version: str = "17.0") -> str: ...
@@ -56,7 +58,7 @@ class WordPieceTokenizer:
     @property
     def sep_id(self) -> int: ...
 
-# ---- pooling ----
+# Pooling
 def pool(
     token_embeddings: npt.NDArray[np.float32] | npt.NDArray[np.float16],
     attention_mask: npt.NDArray[np.generic],
@@ -64,7 +66,7 @@ def pool(
     num_threads: int = 0,
 ) -> npt.NDArray[np.float32]: ...
 
-# ---- int8 scoring ----
+# Int8 scoring
 def int8_topk(
     queries: npt.NDArray[np.float32],
     codes: npt.NDArray[np.int8],
@@ -78,7 +80,7 @@ def int8_topk(
 def quantize_int8(x: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float32]]: ...
 def int8_best_isa() -> str: ...
 
-# ---- ngram ----
+# N-grams
 def ngram_normalize(text: str | bytes) -> str: ...
 def ngram_char_trigrams(text: str | bytes) -> list[str]: ...
 def ngram_word_ngrams(text: str | bytes, n: int) -> list[str]: ...

@@ -1,4 +1,4 @@
-// String id hashes for entity ids (spec: shared/spec/text.md, "String id hash").
+// String id hashes for entity ids (docs/text.md, "String id hash").
 #pragma once
 
 #include <cstddef>

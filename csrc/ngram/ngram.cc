@@ -6,8 +6,8 @@
 
 #include "common/parallel.h"
 #include "hashing/string_hash.h"
-#include "ngram/nfkc_casefold.h"
 #include "tokenize/bert_normalizer.h"
+#include "unicode/nfkc_casefold.h"
 #include "unicode/unicode.h"
 
 namespace omnikern {

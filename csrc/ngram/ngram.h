@@ -1,4 +1,4 @@
-// Hashed n-gram item featuriser (spec: shared/spec/text.md, "Item featuriser"): NFKC_Casefold, char
+// Hashed n-gram item featuriser (docs/text.md, "Item featuriser"): NFKC_Casefold, char
 // trigrams with a `#` boundary marker, word unigrams and bigrams, and the lookup of all three into
 // one id space for nn.EmbeddingBag.
 //
@@ -21,7 +21,7 @@
 #include <utility>
 #include <vector>
 
-#include "tokenize/wordpiece.h"
+#include "common/token_map.h"
 
 namespace omnikern {
 

@@ -1,4 +1,4 @@
-// Pooling of token embeddings into one vector per sequence (spec: shared/spec/text.md, "Pooling").
+// Pooling of token embeddings into one vector per sequence (docs/text.md, "Pooling").
 // Plain contiguous buffers in, float32 out: usable from numpy in the Triton python backend, no torch.
 #pragma once
 

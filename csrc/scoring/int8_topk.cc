@@ -364,6 +364,18 @@ void quantize_int8_rows(const float* x, int64_t rows, int64_t stride, int64_t di
   }
 }
 
+void quantize_queries(const float* queries, int64_t num_queries, int64_t stride, int64_t dim, bool inverse_norm,
+                      int8_t* codes, float* factors) {
+  quantize_int8_rows(queries, num_queries, stride, dim, codes, factors);
+  if (!inverse_norm) return;
+  for (int64_t q = 0; q < num_queries; ++q) {
+    const int8_t* row = codes + q * dim;
+    int32_t ss = 0;
+    for (int64_t d = 0; d < dim; ++d) ss += row[d] * row[d];
+    factors[q] = ss > 0 ? 1.0f / std::sqrt(static_cast<float>(ss)) : 0.0f;
+  }
+}
+
 std::string int8_best_isa() { return cpu_has_avx512vnni() ? "avx512vnni" : cpu_has_avx2() ? "avx2" : "scalar"; }
 
 void int8_topk(const Int8TopkInput& in, float* out_scores, int64_t* out_indices, int num_threads, Int8Isa isa) {

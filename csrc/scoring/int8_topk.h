@@ -50,4 +50,13 @@ void int8_topk(const Int8TopkInput& input, float* out_scores, int64_t* out_indic
 /// Writes codes (rows, dim) and scales (rows,). Throws std::invalid_argument on NaN/inf.
 void quantize_int8_rows(const float* x, int64_t rows, int64_t stride, int64_t dim, int8_t* codes, float* scales);
 
+/// The int8 form of float32 queries for int8_topk: codes (num_queries, dim) of the first `dim`
+/// columns of each query row (stride `stride`, >= dim), quantised as quantize_int8_rows does, and
+/// one factor per query: its scale, or with `inverse_norm` (the prefix cosine, for normalize_rows)
+///     1 / sqrt(float(Σ_d codes[q, d]²))   (0 for an all-zero code row)
+/// in correctly rounded float32, as the torch and Triton paths compute it. Writes codes
+/// (num_queries, dim) and factors (num_queries,). Throws std::invalid_argument on NaN/inf.
+void quantize_queries(const float* queries, int64_t num_queries, int64_t stride, int64_t dim, bool inverse_norm,
+                      int8_t* codes, float* factors);
+
 }  // namespace omnikern

@@ -1,4 +1,5 @@
-// The n-gram featuriser: the worked examples of spec/text.md, NFKC_Casefold, id layout and batches.
+// The n-gram featuriser: the worked examples of docs/text.md, "Item featuriser", NFKC_Casefold, id
+// layout and batches.
 #include "ngram/ngram.h"
 
 #include <random>
@@ -6,8 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "ngram/nfkc_casefold.h"
 #include "tests/check.h"
+#include "unicode/nfkc_casefold.h"
+#include "unicode/unicode.h"
 
 using omnikern::NGramFeaturizer;
 using Strings = std::vector<std::string>;

@@ -99,8 +99,8 @@ std::u32string casefold(std::u32string_view text);
 /// Full lowercase of each code point, context-free.
 std::u32string lowercase(std::u32string_view text);
 
-/// The CJK ideograph ranges HF tokenizers' BERT normaliser pads with spaces (see spec/text.md: HF
-/// has U+2B920 where the original BERT had U+2B820).
+/// The CJK ideograph ranges HF tokenizers' BERT normaliser pads with spaces (docs/text.md,
+/// "Query tokenizer": HF has U+2B920 where the original BERT had U+2B820).
 inline bool is_bert_cjk(char32_t cp) {
   return (cp >= 0x4E00 && cp <= 0x9FFF) || (cp >= 0x3400 && cp <= 0x4DBF) || (cp >= 0x20000 && cp <= 0x2A6DF) ||
          (cp >= 0x2A700 && cp <= 0x2B73F) || (cp >= 0x2B740 && cp <= 0x2B81F) || (cp >= 0x2B920 && cp <= 0x2CEAF) ||

@@ -1,4 +1,4 @@
-#include "ngram/nfkc_casefold.h"
+#include "unicode/nfkc_casefold.h"
 
 #include <unordered_map>
 
