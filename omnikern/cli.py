@@ -203,6 +203,41 @@ def _cmd_hash(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmd_data_recipes(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
+        what = "is not a directory" if not out.is_dir() else "exists and is not empty (--overwrite replaces it)"
+        print(f"omnikern data recipes: --out {out} {what}", file=sys.stderr)
+        return 2
+    if args.max_recipes is not None and args.max_recipes < 2:
+        print(f"omnikern data recipes: --max-recipes must be at least 2 (a train and an eval recipe), got "
+              f"{args.max_recipes}", file=sys.stderr)
+        return 2
+    from omnikern.data.dataset import Dataset
+    from omnikern.models.config import load_config
+    from omnikern.recipe import write_recipe_dataset
+
+    overrides = list(args.overrides)
+    if args.cache_dir is not None:
+        overrides.append(f"data.cache_dir={json.dumps(str(args.cache_dir))}")
+    if args.max_recipes is not None:
+        overrides.append(f"data.max_recipes={args.max_recipes}")
+    try:
+        config = load_config(args.config, overrides)
+        path = write_recipe_dataset(config, out, query_task=args.query_task, progress=True)
+    except (FileNotFoundError, ValueError) as error:  # CatalogueNotInstalledError is a FileNotFoundError
+        print(f"omnikern data recipes: {error}", file=sys.stderr)
+        return 2
+    print(Dataset.open(path))
+    print(f"wrote the recipe dataset to {path} (docs/data-format.md)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # The parser
 # ---------------------------------------------------------------------------------------------
 
@@ -293,6 +328,24 @@ def build_parser() -> argparse.ArgumentParser:
     hash_cmd.add_argument("strings", nargs="+", help="the strings to hash")
     hash_cmd.add_argument("--bits", type=int, choices=(32, 64), default=32, help="id width (default 32)")
     hash_cmd.set_defaults(func=_cmd_hash)
+
+    data = sub.add_parser("data", help="write datasets in the documented format (docs/data-format.md)")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True,
+                                   help="the dataset to write")
+    recipes = data_sub.add_parser("recipes", help="the recipe catalogue: recipe entities with their legacy vectors, "
+                                  "and the train/eval pairs of the query sets (one task per query kind)")
+    recipes.add_argument("--out", type=Path, required=True, help="the dataset directory to write")
+    recipes.add_argument("--config", type=Path, help="JSON or TOML config file (its data and model.encoder sections "
+                         "choose the catalogue, the split and the legacy vectors)")
+    recipes.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                         help="override one config value (JSON value, else a string); repeatable")
+    recipes.add_argument("--cache-dir", type=Path, help="shorthand for --set data.cache_dir=DIR (legacy vector cache)")
+    recipes.add_argument("--max-recipes", type=int, help="only the first N recipes (shorthand for --set "
+                         "data.max_recipes=N)")
+    recipes.add_argument("--query-task", action="store_true", help="also write the query -> query pairs (task "
+                         "'query', with 'query' entities that have no legacy vector)")
+    recipes.add_argument("--overwrite", action="store_true", help="replace --out when it holds files")
+    recipes.set_defaults(func=_cmd_data_recipes)
     return parser
 
 

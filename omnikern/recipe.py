@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -28,6 +29,7 @@ from omnikern._checks import check_int
 from omnikern.data import QueryConfig, build_query_sets, load_recipes
 from omnikern.data.batches import MultiTaskSampler, RecipeFeatures
 from omnikern.data.contract import LEGACY_DIM
+from omnikern.data.dataset import write_dataset
 from omnikern.data.legacy import ensure_legacy_vectors, recipe_document
 from omnikern.data.recipes import TEXT_FIELDS
 from omnikern.index import Int8Index
@@ -393,3 +395,67 @@ def build_recipe_index(tower, path: str | os.PathLike, limit: int | None = None,
     index.add(torch.cat(chunks), torch.tensor([r.id for r in recipes], dtype=torch.int64))
     index.save(path)
     return index
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe catalogue as a dataset in the documented format (docs/data-format.md)
+# ---------------------------------------------------------------------------------------------
+
+RECIPE_ENTITY_TYPE = "recipe"
+QUERY_ENTITY_TYPE = "query"
+
+
+def write_recipe_dataset(config: Config, out_dir: str | Path, query_task: bool = False,
+                         progress: bool = False) -> Path:
+    """Writes the recipe catalogue as a dataset (docs/data-format.md) to ``out_dir`` and returns it.
+
+    Entities: one ``recipe`` per recipe (catalogue order) with text fields ``title``, ``category``
+    (null when the recipe has none), ``ingredients`` and ``steps`` (lists of lines) and
+    ``legacy_embedding``: the cached legacy vectors that training uses (:func:`build_data`,
+    computed once per catalogue and encoder). Pairs: every (query, target recipe) of the train and
+    eval query sets, task = the query kind (``known_item``, ``ingredient``, ``category``), weight 1.
+    The eval side lists only the targets in the eval split: the recipe evaluation's filtered
+    ranking (``Query.ignore``) has no column in the format.
+
+    With ``query_task``, also the query → query pairs of the query sets (task ``query``, both
+    orientations), whose candidates are ``query`` entities (one per query text, id = the query id,
+    text field ``text``, no legacy vector).
+
+    Raises:
+        CatalogueNotInstalledError / FileNotFoundError: the catalogue or the encoder package is
+            missing (the message names the pip command).
+        ValueError: a bad config value.
+    """
+    data = build_data(config, progress=progress)
+    recipes, queries = data.recipes, data.queries
+    ids = [r.id for r in recipes]
+    if data.legacy.ids.tolist() != ids:
+        raise ValueError("the cached legacy vectors are not in catalogue order")  # ensure_legacy_vectors checks it
+    vectors = data.legacy.vectors.float().numpy()
+    entities = pa.table({
+        "entity_id": pa.array(ids, pa.int64()),
+        "entity_type": pa.array([RECIPE_ENTITY_TYPE] * len(recipes), pa.string()),
+        "title": pa.array([r.title for r in recipes], pa.string()),
+        "category": pa.array([r.category for r in recipes], pa.string()),
+        "ingredients": pa.array([list(r.ingredients) for r in recipes], pa.list_(pa.string())),
+        "steps": pa.array([list(r.steps) for r in recipes], pa.list_(pa.string())),
+        "legacy_embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()),
+                                                              vectors.shape[1]),
+    })
+    splits = {}
+    for split, split_queries, split_pairs in (("train", queries.train, queries.train_pairs),
+                                              ("eval", queries.eval, queries.eval_pairs)):
+        rows = [{"query": q.text, "entity_id": ids[r], "task": q.kind} for q in split_queries for r in q.targets]
+        if query_task:
+            rows += [{"query": split_queries[a].text, "entity_id": split_queries[b].id, "task": QUERY_ENTITY_TYPE}
+                     for i, j in split_pairs for a, b in ((i, j), (j, i))]
+        splits[split] = rows
+    if query_task:
+        texts = {q.id: q.text for q in (*queries.train, *queries.eval)}
+        query_rows = pa.table({
+            "entity_id": pa.array(list(texts), pa.int64()),
+            "entity_type": pa.array([QUERY_ENTITY_TYPE] * len(texts), pa.string()),
+            "text": pa.array(list(texts.values()), pa.string()),
+        })
+        entities = pa.concat_tables([entities, query_rows], promote_options="default")
+    return write_dataset(out_dir, entities, splits["train"], splits["eval"])
