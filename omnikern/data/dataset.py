@@ -81,6 +81,12 @@ def _error(where: str, column: str, expected: str, found: str) -> ValueError:
     return ValueError(f"{where}: column {column!r}: expected {expected}, found {found}")
 
 
+def _finite32(values: np.ndarray) -> np.ndarray:
+    """Whether each value is finite once cast to float32 (1e39 is not)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.isfinite(np.asarray(values, dtype=np.float64).astype(np.float32))
+
+
 def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
@@ -126,7 +132,15 @@ class _File:
         if self._parquet is not None:
             for group in range(self._parquet.num_row_groups):
                 start = int(self._group_starts[group])
-                for batch in self._parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns):
+                reader = self._parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns)
+                while True:
+                    try:
+                        batch = next(reader)
+                    except StopIteration:
+                        break
+                    except (pa.ArrowException, OSError) as error:
+                        raise ValueError(f"{self.path}: row group {group}: expected readable Parquet data, found: "
+                                         f"{error}") from None
                     yield batch, start
                     start += batch.num_rows
             return
@@ -204,8 +218,13 @@ class _File:
                 seen = kinds.get(key)
                 if seen is None or seen[0] == "list":
                     kinds[key] = (kind, line_no)
-                elif seen[0] != kind and not (kind == "list" and seen[0].startswith("list")):
-                    raise _error(f"{self.path}: line {line_no}", key, f"{seen[0]} (as on line {seen[1]})", kind)
+                elif seen[0] == kind or (kind == "list" and seen[0].startswith("list")):
+                    pass
+                elif {seen[0], kind} <= {"string", "list of strings"} and key not in self._RESERVED_JSON:
+                    kinds[key] = ("list of strings", seen[1])  # text: a string is a list of one
+                else:
+                    what = "a string or a list of strings" if seen[0] in ("string", "list of strings") else seen[0]
+                    raise _error(f"{self.path}: line {line_no}", key, f"{what} (as on line {seen[1]})", kind)
         types = {"integer": pa.int64(), "number": pa.float64(), "string": pa.string(),
                  "list of strings": pa.list_(pa.string()), "list of numbers": pa.list_(pa.float64()),
                  "list": pa.list_(pa.string())}
@@ -219,7 +238,12 @@ class _File:
 
     @staticmethod
     def _json_batch(rows: list[dict], schema: pa.Schema) -> pa.RecordBatch:
-        arrays = [pa.array([r.get(f.name) for r in rows], type=f.type) for f in schema]
+        arrays = []
+        for f in schema:
+            values = [r.get(f.name) for r in rows]
+            if pa.types.is_list(f.type) and _is_str(f.type.value_type):
+                values = [[v] if isinstance(v, str) else v for v in values]
+            arrays.append(pa.array(values, type=f.type))
         return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
@@ -522,7 +546,7 @@ class Dataset:
         sub = array.take(pa.array(rows))
         if kind == "dense":
             values = sub.cast(pa.float64()).to_numpy(zero_copy_only=False)
-            bad = ~np.isfinite(values.astype(np.float32))
+            bad = ~_finite32(values)
             if bad.any():
                 i = _first(bad)
                 raise _error(file.where(start + int(rows[i])), column, "a finite float32 value", repr(float(values[i])))
@@ -541,11 +565,11 @@ class Dataset:
                          f"type {state.name!r} at {self._where(ENTITIES, col.length_at)})", f"length {int(lengths[i])}")
         flat = sub.flatten()
         values = flat.cast(pa.float64()).to_numpy(zero_copy_only=False) if flat.null_count == 0 else None
-        if values is None or not np.isfinite(values.astype(np.float32)).all():
+        if values is None or not _finite32(values).all():
             for i in range(rows.size):  # the error path: find the row and the position
                 vector = sub[i].as_py()
                 for p, v in enumerate(vector):
-                    if v is None or not np.isfinite(np.float32(v)):
+                    if v is None or not _finite32(np.array([v]))[0]:
                         raise _error(file.where(start + int(rows[i])), LEGACY, "finite float32 values",
                                      f"{'null' if v is None else repr(v)} at position {p}")
 
@@ -650,7 +674,7 @@ class Dataset:
                 codes = self._sorted_codes[clipped]
                 if WEIGHT in batch.schema.names:
                     weights = batch.column(WEIGHT).cast(pa.float64()).fill_null(1.0).to_numpy(zero_copy_only=False)
-                    bad = ~np.isfinite(weights.astype(np.float32)) | (weights < 0)
+                    bad = ~_finite32(weights) | (weights < 0)
                     if bad.any():
                         i = _first(bad)
                         raise _error(file.where(start + i), WEIGHT, "a finite weight >= 0", repr(float(weights[i])))
