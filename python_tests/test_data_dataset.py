@@ -379,6 +379,8 @@ def test_jsonl_errors_name_the_line(tmp_path):
                   '{"entity_id": 12, "entity_type": "item", "title": 3}'])
     _fails(root, f"{root / 'entities' / 'b.jsonl'}: line 3: column 'title': expected a string or a list of strings "
                  "(as on line 1), found number")
+    root = write([good, '{"entity_id": 11, "entity_type": "item", "title": ["y", "z"], "legacy_embedding": [0, 1]}'])
+    assert Dataset.open(root).entities["item"].texts("title") == ["a", "b", "c", "x", "y z"]  # a string is a list of one
     root = write([good, "{not json"])
     with pytest.raises(ValueError, match=re.escape(f"{root / 'entities' / 'b.jsonl'}: line 2: expected a JSON object, "
                                                    "found: ")):
