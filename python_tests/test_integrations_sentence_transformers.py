@@ -277,3 +277,70 @@ def test_bad_options_and_inputs():
         logq.compute_loss_from_embeddings(columns, None)
     with pytest.raises(ValueError, match="id_columns"):
         add_id_labels(triplets(), ["anchor_id"])
+
+
+# ---- towers that cross over ----
+
+HARD_TEXTS = ["the red cat", "THE Blue  Dog runs", "a big old house near the sea and the park", "sleeps",
+              "cats and dogs running under trees", "unknownword qq", ""]
+
+
+def test_sentence_transformer_directory_loads_as_a_query_tower(bert_dir, tmp_path):
+    """A sentence-transformers directory (Transformer, mean Pooling, Normalize) read as a
+    QueryTower encodes as SentenceTransformer.encode does (1e-5), tokens included."""
+    from omnikern.integrations.sentence_transformers import query_tower_from_sentence_transformer
+
+    st_model = tiny_st(bert_dir)
+    st_model.save(str(tmp_path / "st"))
+    tower = query_tower_from_sentence_transformer(tmp_path / "st")
+    assert tower.output_dim == HIDDEN and tower.pooling_name == "mean"
+    want = st_model.encode(HARD_TEXTS, convert_to_numpy=True)
+    got = tower.encode(HARD_TEXTS)
+    assert got.shape == want.shape
+    assert abs(got - want).max() < 1e-5
+    with pytest.raises(FileNotFoundError, match="modules.json"):
+        query_tower_from_sentence_transformer(tmp_path)
+
+
+def test_query_tower_saved_for_sentence_transformers_loads_without_omnikern(bert_dir, tmp_path):
+    """save_sentence_transformer → SentenceTransformer(path).encode in a fresh process that never
+    imports omnikern, offline: the same vectors as the tower's encode (1e-5)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from transformers import AutoModel
+
+    from omnikern.integrations.sentence_transformers import save_sentence_transformer
+    from omnikern.models.encoders import QueryTower
+    from omnikern.text.wordpiece import WordPieceTokenizer
+
+    tokenizer = WordPieceTokenizer.from_tokenizer_json(bert_dir / "tokenizer.json", max_length=12)
+    torch.manual_seed(0)
+    tower = QueryTower(AutoModel.from_pretrained(str(bert_dir)), tokenizer=tokenizer, pooling="cls", output_dim=24,
+                       init="default", normalize_pooled=True).eval()
+    out = save_sentence_transformer(tower, tmp_path / "tower_st")
+    np.save(tmp_path / "texts.npy", np.array(HARD_TEXTS, dtype=object), allow_pickle=True)
+    script = (
+        "import sys, numpy as np; from sentence_transformers import SentenceTransformer;"
+        f"m = SentenceTransformer({str(out)!r}, device='cpu');"
+        f"texts = list(np.load({str(tmp_path / 'texts.npy')!r}, allow_pickle=True));"
+        f"np.save({str(tmp_path / 'st.npy')!r}, m.encode(texts, convert_to_numpy=True));"
+        "assert not any(name.startswith('omnikern') for name in sys.modules), 'omnikern was imported'"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH="")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    want = tower.encode(HARD_TEXTS)
+    got = np.load(tmp_path / "st.npy")
+    assert got.shape == (len(HARD_TEXTS), 24)
+    assert abs(got - want).max() < 1e-5
+    # and back: the written directory reads as a tower again
+    from omnikern.integrations.sentence_transformers import query_tower_from_sentence_transformer
+
+    again = query_tower_from_sentence_transformer(out)
+    assert again.normalize_pooled and again.pooling_name == "cls" and again.output_dim == 24
+    assert abs(again.encode(HARD_TEXTS) - want).max() < 1e-5
+    tower.output_dtype = torch.float16
+    with pytest.raises(ValueError, match="output_dtype"):
+        save_sentence_transformer(tower, tmp_path / "fp16")

@@ -8,19 +8,29 @@ docs/sentence-transformers.md has the conventions, the parity tests and the benc
   (MNRL), computed by :class:`omnikern.SampledSoftmaxLoss` in one fused pass (Matryoshka dims
   included, no B × N logits held), with optional learned temperature, id masking and logQ
   correction from ids carried in the dataset's ``label`` column (:func:`add_id_labels`).
+* :func:`query_tower_from_sentence_transformer` reads a local sentence-transformers model
+  (Transformer → mean/CLS Pooling → optional Dense → optional Normalize) as a
+  :class:`~omnikern.models.encoders.QueryTower`; :func:`save_sentence_transformer` writes a query
+  tower as a directory that ``SentenceTransformer(path)`` loads without omnikern.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import tempfile
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from sentence_transformers.util import cos_sim
 from torch import nn
 
+from omnikern.models.encoders import POOLINGS, QueryTower
 from omnikern.models.loss import SampledSoftmaxLoss
+from omnikern.text.wordpiece import WordPieceTokenizer
 
 # The dataset column that carries ids to the loss: sentence-transformers' collator passes the
 # column named "label" (and only it) to the loss as a tensor; every other column is tokenized.
@@ -220,3 +230,149 @@ class SampledSoftmaxRankingLoss(nn.Module):
     year={2024},
 }
 """
+
+
+# ---- towers ----
+
+
+def _pooling_mode(pooling) -> str:
+    mode = getattr(pooling, "pooling_mode", None)
+    if mode is None and hasattr(pooling, "get_pooling_mode_str"):  # sentence-transformers < 6
+        mode = pooling.get_pooling_mode_str()
+    if isinstance(mode, (tuple, list)) and len(mode) == 1:
+        mode = mode[0]
+    if mode not in POOLINGS:
+        raise ValueError(f"the model's pooling must be one of {sorted(POOLINGS)}, got {mode!r}")
+    return mode
+
+
+def query_tower_from_sentence_transformer(path: str | os.PathLike, max_length: int | None = None) -> QueryTower:
+    """Returns a local sentence-transformers model directory as an omnikern QueryTower (eval, CPU).
+
+    Supported modules, in order: ``Transformer`` (a BERT-family encoder with a WordPiece
+    ``tokenizer.json``), ``Pooling`` (mean or CLS), optionally ``Normalize``, optionally one
+    ``Dense`` with identity activation, optionally ``Normalize``. The tower's projection is the
+    Dense layer (identity without one); its output is always L2-normalised, so a model without a
+    final ``Normalize`` gives the same directions, unit length. Read offline (``HF_HUB_OFFLINE``).
+
+    Args:
+        path: the model directory (``modules.json`` in it).
+        max_length: tokens per text with [CLS] and [SEP]; None: the model's ``max_seq_length``.
+
+    Raises:
+        FileNotFoundError: no ``modules.json`` at ``path``.
+        ValueError: a module or setting the tower cannot express.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    path = Path(path)
+    if not (path / "modules.json").is_file():
+        raise FileNotFoundError(f"path {str(path)!r} is not a sentence-transformers model directory: no modules.json")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+    modules = list(model)
+    kinds = [type(m).__name__ for m in modules]
+    normalize_pooled, dense = False, None
+    rest = kinds[2:]
+    if kinds[:2] != ["Transformer", "Pooling"] or any(k not in ("Normalize", "Dense") for k in rest) or rest.count("Dense") > 1:
+        raise ValueError(f"path: modules must be Transformer, Pooling, then Normalize/Dense (at most one Dense), got {kinds}")
+    if "Dense" in rest:
+        normalize_pooled = "Normalize" in rest[: rest.index("Dense")]
+        dense = modules[2 + rest.index("Dense")]
+        activation = getattr(dense, "activation_function", None)
+        if not isinstance(activation, nn.Identity) or getattr(dense, "use_residual", False):
+            raise ValueError(f"path: the Dense module must have an identity activation, got {activation!r}")
+    transformer = modules[0]
+    encoder = getattr(transformer, "model", None) or transformer.auto_model
+    with tempfile.TemporaryDirectory() as tmp:
+        transformer.tokenizer.save_pretrained(tmp)
+        length = max_length if max_length is not None else transformer.max_seq_length
+        tokenizer = WordPieceTokenizer.from_tokenizer_json(Path(tmp) / "tokenizer.json", max_length=length)
+    hidden = encoder.config.hidden_size
+    output_dim = dense.linear.out_features if dense is not None else hidden
+    tower = QueryTower(encoder, tokenizer=tokenizer, pooling=_pooling_mode(modules[1]), output_dim=output_dim,
+                       init="default", normalize_pooled=normalize_pooled)
+    with torch.no_grad():
+        if dense is not None:
+            tower.proj.weight.copy_(dense.linear.weight)
+            if dense.linear.bias is not None:
+                tower.proj.bias.copy_(dense.linear.bias)
+            else:
+                tower.proj.bias.zero_()
+        else:
+            tower.proj.weight.copy_(torch.eye(hidden))
+            tower.proj.bias.zero_()
+    return tower.eval()
+
+
+def _hf_tokenizer(tokenizer: WordPieceTokenizer):
+    """A transformers BertTokenizerFast that tokenizes as ``tokenizer`` does."""
+    import inspect
+
+    from transformers import BertTokenizerFast
+
+    state = tokenizer.__getstate__()
+    o = state["options"]
+    if o["normalization"] or not o["add_special_tokens"] or o["continuing_subword_prefix"] != "##":
+        raise ValueError("tower.tokenizer: only plain BERT WordPiece options can be written for sentence-transformers, "
+                         f"got normalization={o['normalization']}, add_special_tokens={o['add_special_tokens']}, "
+                         f"continuing_subword_prefix={o['continuing_subword_prefix']!r}")
+    vocab = {token: i for token, i in state["vocab"]}
+    options = dict(do_lower_case=o["lowercase"], strip_accents=o["strip_accents"],
+                   tokenize_chinese_chars=o["handle_chinese_chars"], unk_token=o["unk_token"],
+                   cls_token=o["cls_token"], sep_token=o["sep_token"], pad_token=o["pad_token"])
+    if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters:  # transformers >= 5
+        return BertTokenizerFast(vocab=vocab, **options)
+    with tempfile.TemporaryDirectory() as tmp:  # pragma: no cover - transformers 4
+        vocab_file = Path(tmp) / "vocab.txt"
+        vocab_file.write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n", encoding="utf-8")
+        return BertTokenizerFast(vocab_file=str(vocab_file), **options)
+
+
+def save_sentence_transformer(tower: QueryTower, directory: str | os.PathLike) -> Path:
+    """Writes ``tower`` as a sentence-transformers model directory and returns it.
+
+    Modules: Transformer (the encoder and a BertTokenizerFast equal to the tower's WordPiece) →
+    Pooling (the tower's mean/CLS) → [Normalize, with ``normalize_pooled``] → Dense (the
+    projection, identity activation) → Normalize. ``SentenceTransformer(directory).encode(texts)``
+    then gives the tower's ``encode(texts)`` (tested to 1e-5) without importing omnikern.
+
+    Raises:
+        TypeError: not a QueryTower, or its tokenizer is not a WordPieceTokenizer.
+        ValueError: a callable pooling, an ``output_dtype`` cast (sentence-transformers has none),
+            or tokenizer options BertTokenizerFast cannot express.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+    except ImportError:  # pragma: no cover - sentence-transformers < 6
+        from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+
+    if not isinstance(tower, QueryTower):
+        raise TypeError(f"tower must be a QueryTower, got {type(tower).__name__}")
+    if not isinstance(tower.tokenizer, WordPieceTokenizer):
+        raise TypeError(f"tower.tokenizer must be a WordPieceTokenizer, got {type(tower.tokenizer).__name__}")
+    if tower.pooling_name not in POOLINGS:
+        raise ValueError(f"tower pooling must be one of {sorted(POOLINGS)}, got {tower.pooling_name!r}")
+    if tower.output_dtype is not None:
+        raise ValueError(f"tower.output_dtype must be None (sentence-transformers has no cast), got {tower.output_dtype}")
+    directory = Path(directory)
+    max_length = tower.tokenizer.__getstate__()["options"]["max_length"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tower.encoder.save_pretrained(tmp)
+        hf_tokenizer = _hf_tokenizer(tower.tokenizer)
+        if max_length is not None:
+            hf_tokenizer.model_max_length = max_length
+        hf_tokenizer.save_pretrained(tmp)
+        transformer = Transformer(tmp, max_seq_length=max_length)
+        proj = tower.proj
+        dense = Dense(proj.in_features, proj.out_features, bias=True, activation_function=nn.Identity(),
+                      init_weight=proj.weight.detach().cpu().clone(), init_bias=proj.bias.detach().cpu().clone())
+        modules = [transformer, Pooling(tower.hidden_size, tower.pooling_name)]
+        modules += [Normalize()] if tower.normalize_pooled else []
+        modules += [dense, Normalize()]
+        SentenceTransformer(modules=modules, device="cpu").save(str(directory))
+    (directory / "omnikern.json").write_text(json.dumps({"written_by": "omnikern.integrations.sentence_transformers",
+                                                         "output_dim": tower.output_dim}, indent=1), encoding="utf-8")
+    return directory
