@@ -7,7 +7,7 @@ Layers, lowest first (a module may import its own layer and any below it, never 
     2  omnikern.index, omnikern.parity                                   the int8 index
     3  omnikern.data                                                     data and its contract
     4  omnikern.models                                                   towers, loss, trainer
-    5  omnikern.serve                                                    Triton deployment
+    5  omnikern.serve, omnikern.integrations                             Triton deployment, other libraries
     6  omnikern.recipe                                                   the recipe model end to end
     7  omnikern.cli, omnikern.demo, omnikern.__main__                    entry points
 
@@ -34,7 +34,7 @@ LAYERS = [
     ("omnikern.index", "omnikern.parity"),
     ("omnikern.data",),
     ("omnikern.models",),
-    ("omnikern.serve",),
+    ("omnikern.serve", "omnikern.integrations"),
     ("omnikern.recipe",),
     ("omnikern.cli", "omnikern.demo", "omnikern.__main__"),
 ]

@@ -391,3 +391,80 @@ def test_distributed_gather_matches_single_process(tmp_path):
         assert torch.equal(ranks[r]["sketch"], module.candidate_sketch.counts)
     # Each rank holds its own rows' part of dL/dt; a DDP all-reduce sums them.
     assert_close_verbose(ranks[0]["t"] + ranks[1]["t"], module.log_scale.grad, atol=1e-6, rtol=1e-4, name="t grad")
+
+
+# ---- fixed temperature and calls without ids (the sentence-transformers convention) ----
+
+
+def mnrl_formula(query, pos, neg, scale):
+    """MultipleNegativesRankingLoss written out: row i's softmax over every positive and every
+    negative (cosine × scale), target its own positive; duplicates count as negatives."""
+    q = torch.nn.functional.normalize(query.double(), dim=-1)
+    docs = torch.cat([pos] + ([neg] if neg is not None else [])).double()
+    logits = scale * q @ torch.nn.functional.normalize(docs, dim=-1).T
+    return torch.nn.functional.cross_entropy(logits, torch.arange(query.shape[0]))
+
+
+def test_fixed_temperature_is_a_buffer_and_not_clamped():
+    """learn_temperature=False: t is a buffer (same state_dict key), used as given even above
+    max_scale, receives no gradient and is not among parameters()."""
+    batch = make_batch()
+    module = SampledSoftmaxLoss(neg_mode="in_batch", temperature=0.005, learn_temperature=False,
+                                logq_correction=False, impl="torch")
+    assert list(module.parameters()) == [] and "log_scale" in dict(module.named_buffers())
+    assert module.temperature == pytest.approx(0.005) and "learn_temperature=False" in repr(module)
+    query = batch["query"].clone().requires_grad_(True)
+    out = module(query, batch["pos"], query_ids=batch["query_ids"], pos_ids=batch["pos_ids"], return_components=True)
+    assert out.scale.item() == pytest.approx(200.0, rel=1e-6)  # not clamped to 100
+    out.total.backward()
+    assert query.grad is not None and module.log_scale.grad is None and not module.log_scale.requires_grad
+    # The same key as the learned parameter: checkpoints move between the two kinds.
+    learned = SampledSoftmaxLoss(logq_correction=False, impl="torch")
+    learned.load_state_dict(module.state_dict())
+    assert learned.log_scale.item() == pytest.approx(math.log(200.0))
+    with pytest.raises(TypeError, match="learn_temperature"):
+        SampledSoftmaxLoss(learn_temperature="no")
+
+
+@pytest.mark.parametrize(
+    "neg_mode, with_neg, impl", [("in_batch", False, "auto"), ("mixed_concat", True, "auto"), ("mixed_concat", False, "torch")]
+)
+def test_no_ids_masks_only_the_own_positive(neg_mode, with_neg, impl):
+    """Without ids, a duplicated positive is a negative (as in MNRL): the loss and gradients equal
+    the written-out MNRL formula, also for a fixed scale of 20."""
+    batch = make_batch(B=9, R=7, D=16, seed=3)
+    batch["pos"][4] = batch["pos"][2]  # a duplicate: masked with ids, a negative without
+    leaves = [batch["query"].clone().requires_grad_(True), batch["pos"].clone().requires_grad_(True)]
+    neg = batch["neg"].clone().requires_grad_(True) if with_neg else None
+    module = SampledSoftmaxLoss(neg_mode=neg_mode, temperature=0.05, learn_temperature=False, dims=[16], dim_weights=[1.0],
+                                logq_correction=False, impl=impl)
+    out = module(*leaves, neg, count_unmasked=True)
+    got = out.total
+    got_grads = torch.autograd.grad(got, leaves + ([neg] if with_neg else []))
+    want_leaves = [x.detach().double().requires_grad_(True) for x in leaves + ([neg] if with_neg else [])]
+    want = mnrl_formula(want_leaves[0], want_leaves[1], want_leaves[2] if with_neg else None, 20.0)
+    want_grads = torch.autograd.grad(want, want_leaves)
+    assert_close_verbose(got.detach().double(), want.detach(), atol=1e-6, rtol=1e-5, name="loss")
+    for name, g, w in zip(("query", "pos", "neg"), got_grads, want_grads):
+        assert_close_verbose(g.double(), w, atol=1e-6, rtol=1e-4, name=name)
+    # Every column but the own positive survives.
+    survivors = sum(v.item() for v in out.unmasked_negatives.values())
+    assert survivors == pytest.approx(9 - 1 + (7 if with_neg else 0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, ids, match",
+    [
+        (dict(logq_correction=True), {}, "query_ids and pos_ids are required with logq_correction"),
+        (dict(logq_correction=False), {"pos_ids": torch.arange(13)}, "query_ids=None"),
+        (dict(logq_correction=False), {"query_ids": torch.arange(13)}, "pos_ids=None"),
+        (dict(logq_correction=False), {"neg_ids": torch.arange(11)}, "neg_ids needs query_ids and pos_ids"),
+    ],
+)
+def test_missing_ids(kwargs, ids, match):
+    batch = make_batch()
+    module = SampledSoftmaxLoss(impl="torch", sketch_width=WIDTH, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        module(batch["query"], batch["pos"], batch["neg"], **ids)
+    if module.logq_correction:
+        assert int(module.query_sketch.num_seen) == 0

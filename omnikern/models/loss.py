@@ -3,7 +3,8 @@
 ``SampledSoftmaxLoss`` owns the learned temperature and four count-min sketches (query ids,
 (query, pos) pairs, in-batch candidate ids, random-negative ids). Each forward:
 
-1. clamps the temperature parameter in place (``t ≤ log max_scale``), outside autograd;
+1. clamps the temperature parameter in place (``t ≤ log max_scale``), outside autograd (a fixed
+   temperature, ``learn_temperature=False``, is a buffer and is used as given);
 2. gathers positives and random negatives across ranks with gradient (ids without), after
    sampling at most ``max_in_batch_negatives`` of this rank's positives as in-batch candidates;
 3. updates the sketches with every gathered id, then queries them for the logQ corrections;
@@ -19,7 +20,7 @@ from torch import nn
 
 from omnikern._checks import check_int
 from omnikern.ops._triton import check_impl
-from omnikern.ops.distributed import all_gather_rows
+from omnikern.ops.distributed import all_gather_rows, world_size
 from omnikern.ops.loss import SampledSoftmaxLossOutput, resolve_prefixes, sampled_softmax_loss
 from omnikern.ops.reference import (
     COUNT_MIN_SEED,
@@ -31,6 +32,10 @@ from omnikern.ops.sketch import COUNT_DTYPES, count_min_query, count_min_update_
 
 # Multiplier of the query id in the (query, pos) pair key ``pos_id + 17·query_id`` (int64 wrap).
 PAIR_KEY_MULTIPLIER = 17
+# Ids made up for calls without ids (no id masking): row i of rank r is r·2^40 + i for queries and
+# positives, −1 − (r·2^40 + j) for random negatives, so every id is unique across ranks and a
+# negative id never equals a positive one. Only each row's own positive column is then masked.
+_RANK_ID_STRIDE = 1 << 40
 # "reference" runs the materialising plain-torch loss (the fused path's truth) inside the module.
 LOSS_IMPLS = ("auto", "triton", "torch", "reference")
 
@@ -129,10 +134,16 @@ class SampledSoftmaxLoss(nn.Module):
     default). The maths is ``omnikern.ops.reference.sampled_softmax_loss_ref`` with corrections
     from this module's sketches.
 
+    Ids are optional: without ``query_ids`` and ``pos_ids`` nothing is masked but each row's own
+    positive (every other column, duplicates included, is a negative, as in sentence-transformers'
+    ``MultipleNegativesRankingLoss``); the logQ correction needs ids.
+
     Args:
         neg_mode: ``in_batch | random | mixed_sum`` (default, the published one) ``| mixed_concat``.
         temperature: initial temperature (0.07 → scale 14.29); learned as ``t = log(1/temperature)``.
-        max_scale: the scale is clamped in place to at most this (100) before every forward.
+        learn_temperature: False keeps ``t = log(1/temperature)`` fixed: a buffer (saved in the
+            ``state_dict`` under the same name), not a parameter, and not clamped.
+        max_scale: a learned scale is clamped in place to at most this (100) before every forward.
         dims, dim_weights: Matryoshka prefixes; default ``{16: .05, 32: .05, 64: .05, 128: .05,
             256: 1, 512: 1}``, dims above the embedding dim skipped.
         logq_correction: use the count-min-sketch corrections (logQ on negatives, pair/query
@@ -151,6 +162,7 @@ class SampledSoftmaxLoss(nn.Module):
         self,
         neg_mode: str = "mixed_sum",
         temperature: float = 0.07,
+        learn_temperature: bool = True,
         max_scale: float = 100.0,
         dims: list[int] | None = None,
         dim_weights: list[float] | None = None,
@@ -173,15 +185,21 @@ class SampledSoftmaxLoss(nn.Module):
         check_impl(impl, LOSS_IMPLS)
         if dims is not None or dim_weights is not None:
             resolve_prefixes(dims, dim_weights, max(dims) if dims else 1)  # validate early
+        if not isinstance(learn_temperature, bool):
+            raise TypeError(f"learn_temperature must be a bool, got {learn_temperature!r}")
         self.neg_mode = neg_mode
+        self.learn_temperature = learn_temperature
         self.max_log_scale = math.log(max_scale)
         self.dims, self.dim_weights = dims, dim_weights
         self.logq_correction = logq_correction
         self.max_in_batch_negatives = max_in_batch_negatives
         self.impl = impl
         self.process_group = process_group
-        # t = log(1 / temperature), clamped to log(max_scale) at init as before every forward.
-        self.log_scale = nn.Parameter(torch.tensor(min(-math.log(temperature), self.max_log_scale)))
+        if learn_temperature:
+            # t = log(1 / temperature), clamped to log(max_scale) at init as before every forward.
+            self.log_scale = nn.Parameter(torch.tensor(min(-math.log(temperature), self.max_log_scale)))
+        else:
+            self.register_buffer("log_scale", torch.tensor(-math.log(temperature)))
         if logq_correction:
             sketch = dict(width=sketch_width, depth=sketch_depth, count_dtype=sketch_dtype,
                           impl="torch" if impl == "reference" else impl)
@@ -193,12 +211,24 @@ class SampledSoftmaxLoss(nn.Module):
     @property
     def temperature(self) -> float:
         """The current temperature ``1 / exp(t)`` (a host read: for logging, not inside a step)."""
-        return math.exp(-float(self.log_scale.detach().clamp(max=self.max_log_scale)))
+        t = self.log_scale.detach()
+        return math.exp(-float(t.clamp(max=self.max_log_scale) if self.learn_temperature else t))
 
     def _logq(self, sketch: CountMinSketch, ids: torch.Tensor, total: torch.Tensor, num_columns: int) -> torch.Tensor:
         # log Q(c) = log cnt(c) − log total + log K
         counts = sketch.query(ids).double()
         return (counts.log() - total.double().log() + math.log(num_columns)).float()
+
+    def _made_up_ids(self, query: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None):
+        """Ids for a call without ids: unique per row and rank (``_RANK_ID_STRIDE``), so that only
+        each row's own positive matches it; a tensor-shape problem is left to the functional."""
+        rank = torch.distributed.get_rank(self.process_group) if world_size(self.process_group) > 1 else 0
+        base = rank * _RANK_ID_STRIDE
+        def made_up(x: torch.Tensor) -> torch.Tensor:
+            return base + torch.arange(x.shape[0], dtype=torch.int64, device=query.device)
+
+        neg_ids = None if neg is None else -1 - made_up(neg)
+        return made_up(query), made_up(pos), neg_ids
 
     def forward(
         self,
@@ -206,8 +236,8 @@ class SampledSoftmaxLoss(nn.Module):
         pos: torch.Tensor,
         neg: torch.Tensor | None = None,
         *,
-        query_ids: torch.Tensor,
-        pos_ids: torch.Tensor,
+        query_ids: torch.Tensor | None = None,
+        pos_ids: torch.Tensor | None = None,
         neg_ids: torch.Tensor | None = None,
         weights: torch.Tensor | None = None,
         return_components: bool = False,
@@ -219,16 +249,31 @@ class SampledSoftmaxLoss(nn.Module):
         Args:
             query, pos: (B, D) on one device; neg: (R, D) random negatives (not for ``in_batch``;
                 None means none this step: the random term is then 0).
-            query_ids, pos_ids: (B,) int64; neg_ids: (R,) int64; weights: optional (B,).
+            query_ids, pos_ids: (B,) int64; neg_ids: (R,) int64 (with ``neg``); or all three None:
+                no id masking (only a row's own positive is masked among the in-batch columns),
+                and no logQ correction. weights: optional (B,).
             return_components: return the output object instead of the loss tensor.
             count_unmasked: fill its ``unmasked_negatives`` (implies ``return_components``).
         """
-        with torch.no_grad():
-            # Clamp the parameter itself (docs/loss.md, "Temperature"): a functional clamp would zero dL/dt at the bound.
-            # Through .data, so that autograd's version counter does not move: a second call in the
-            # same forward (one module for two candidate keys) must not invalidate the first call's
-            # graph, and there the clamp is a no-op anyway (no optimiser step in between).
-            self.log_scale.data.clamp_(max=self.max_log_scale)
+        if query_ids is None and pos_ids is None:
+            if neg_ids is not None:
+                raise ValueError("neg_ids needs query_ids and pos_ids, got query_ids=None and pos_ids=None")
+            if self.logq_correction:
+                raise ValueError(
+                    "query_ids and pos_ids are required with logq_correction=True (the corrections count ids), "
+                    "got query_ids=None and pos_ids=None"
+                )
+            query_ids, pos_ids, neg_ids = self._made_up_ids(query, pos, neg)
+        elif query_ids is None or pos_ids is None:
+            missing = "query_ids" if query_ids is None else "pos_ids"
+            raise ValueError(f"query_ids and pos_ids must be given together (or neither, for no id masking), got {missing}=None")
+        if self.learn_temperature:
+            with torch.no_grad():
+                # Clamp the parameter itself (docs/loss.md, "Temperature"): a functional clamp would zero dL/dt
+                # at the bound. Through .data, so that autograd's version counter does not move: a second call
+                # in the same forward (one module for two candidate keys) must not invalidate the first call's
+                # graph, and there the clamp is a no-op anyway (no optimiser step in between).
+                self.log_scale.data.clamp_(max=self.max_log_scale)
         uses_in_batch = self.neg_mode != "random"
         uses_random = self.neg_mode != "in_batch"
         if self.neg_mode == "in_batch":
@@ -313,6 +358,7 @@ class SampledSoftmaxLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"neg_mode={self.neg_mode!r}, max_scale={math.exp(self.max_log_scale):.4g}, dims={self.dims}, "
+            f"neg_mode={self.neg_mode!r}, learn_temperature={self.learn_temperature}, "
+            f"max_scale={math.exp(self.max_log_scale):.4g}, dims={self.dims}, "
             f"logq_correction={self.logq_correction}, max_in_batch_negatives={self.max_in_batch_negatives}"
         )
