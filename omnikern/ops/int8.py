@@ -56,7 +56,6 @@ import torch
 import triton
 import triton.language as tl
 
-from omnikern import _C
 from omnikern.ops import _triton
 
 # Shared memory of the bitonic merge (k > _EXTRACT_MAX_K): tl.topk over the joined running list and
@@ -414,6 +413,10 @@ def _topk_cpp(
     query: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
     exclude: torch.Tensor | None, k: int, dim: int, normalize: bool, num_threads: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    # Imported here: the kernels must import without the C++ extension (the sm_90 compile check
+    # loads them from a source tree that has no built _C).
+    from omnikern import _C
+
     # The C++ side quantises the query itself (same float32 ops), checks it is finite and releases
     # the GIL: no per-call torch work that would wake torch's thread pool.
     scores, indices = _C.int8_topk(
