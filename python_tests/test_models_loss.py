@@ -363,6 +363,9 @@ def _distributed_worker(rank: int, world: int, rendezvous: str, out_dir: str) ->
             },  # fmt: skip
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
+        # Both ranks done with every collective before either tears gloo down: a rank destroying the
+        # group while the other is still in the backward's gather can abort the process in gloo.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
