@@ -410,6 +410,18 @@ def _column_kind(name: str, t: pa.DataType) -> str | None:
     return None
 
 
+
+def _require_columns(file: _File, columns) -> None:
+    """Raises the file's error for the first of ``(name, expected type, check)`` that is missing or
+    of another type."""
+    schema = file.schema
+    for name, expected, ok in columns:
+        if name not in schema.names:
+            raise _error(str(file.path), name, f"a column of type {expected}",
+                         f"no such column (columns: {', '.join(schema.names) or 'none'})")
+        if not ok(schema.field(name).type):
+            raise _error(str(file.path), name, expected, str(schema.field(name).type))
+
 class Dataset:
     """A checked dataset directory (docs/data-format.md). Build it with :meth:`open`.
 
@@ -473,12 +485,7 @@ class Dataset:
         all_ids, all_codes, file_rows = [], [], []
         for fi, file in enumerate(files):
             schema = file.schema
-            for name, expected, ok in ((ENTITY_ID, "int64", _is_int), (ENTITY_TYPE, "string", _is_str)):
-                if name not in schema.names:
-                    raise _error(str(file.path), name, f"a column of type {expected}",
-                                 f"no such column (columns: {', '.join(schema.names) or 'none'})")
-                if not ok(schema.field(name).type):
-                    raise _error(str(file.path), name, expected, str(schema.field(name).type))
+            _require_columns(file, ((ENTITY_ID, "int64", _is_int), (ENTITY_TYPE, "string", _is_str)))
             kinds: dict[str, str] = {}
             for f in schema:
                 if f.name in (ENTITY_ID, ENTITY_TYPE):
@@ -641,12 +648,7 @@ class Dataset:
         type_names = pa.array(self._type_names, type=pa.string())
         for file in files:
             schema = file.schema
-            for name, expected, ok in ((QUERY, "string", _is_str), (ENTITY_ID, "int64", _is_int)):
-                if name not in schema.names:
-                    raise _error(str(file.path), name, f"a column of type {expected}",
-                                 f"no such column (columns: {', '.join(schema.names) or 'none'})")
-                if not ok(schema.field(name).type):
-                    raise _error(str(file.path), name, expected, str(schema.field(name).type))
+            _require_columns(file, ((QUERY, "string", _is_str), (ENTITY_ID, "int64", _is_int)))
             if TASK in schema.names and not _is_str(schema.field(TASK).type):
                 raise _error(str(file.path), TASK, "string", str(schema.field(TASK).type))
             if WEIGHT in schema.names:

@@ -28,6 +28,7 @@ import torch
 from sentence_transformers.util import cos_sim
 from torch import nn
 
+from omnikern.models.checkpoint import check_wordpiece_tower
 from omnikern.models.encoders import POOLINGS, QueryTower
 from omnikern.models.loss import SampledSoftmaxLoss
 from omnikern.text.wordpiece import WordPieceTokenizer
@@ -349,16 +350,13 @@ def save_sentence_transformer(tower: QueryTower, directory: str | os.PathLike) -
     except ImportError:  # pragma: no cover - sentence-transformers < 6
         from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
 
-    if not isinstance(tower, QueryTower):
-        raise TypeError(f"tower must be a QueryTower, got {type(tower).__name__}")
-    if not isinstance(tower.tokenizer, WordPieceTokenizer):
-        raise TypeError(f"tower.tokenizer must be a WordPieceTokenizer, got {type(tower.tokenizer).__name__}")
+    check_wordpiece_tower(tower)
     if tower.pooling_name not in POOLINGS:
         raise ValueError(f"tower pooling must be one of {sorted(POOLINGS)}, got {tower.pooling_name!r}")
     if tower.output_dtype is not None:
         raise ValueError(f"tower.output_dtype must be None (sentence-transformers has no cast), got {tower.output_dtype}")
     directory = Path(directory)
-    max_length = tower.tokenizer.__getstate__()["options"]["max_length"]
+    max_length = tower.tokenizer.max_length
     with tempfile.TemporaryDirectory() as tmp:
         tower.encoder.save_pretrained(tmp)
         hf_tokenizer = _hf_tokenizer(tower.tokenizer)

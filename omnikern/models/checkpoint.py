@@ -175,6 +175,15 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path, meta: dic
 # ---------------------------------------------------------------------------------------------
 
 
+def check_wordpiece_tower(tower: object) -> None:
+    """Raises ``TypeError`` unless ``tower`` is a :class:`QueryTower` whose tokenizer is a
+    :class:`~omnikern.text.WordPieceTokenizer` (what every saved tower format needs)."""
+    if not isinstance(tower, QueryTower):
+        raise TypeError(f"tower must be a QueryTower, got {type(tower).__name__}")
+    if not isinstance(tower.tokenizer, WordPieceTokenizer):
+        raise TypeError(f"tower.tokenizer must be a WordPieceTokenizer, got {type(tower.tokenizer).__name__}")
+
+
 def save_query_tower(tower, directory: str | os.PathLike) -> Path:
     """Writes ``tower`` (a :class:`~omnikern.models.encoders.QueryTower` whose ``tokenizer`` is a
     :class:`~omnikern.text.WordPieceTokenizer`) as a checkpoint directory (module docstring) and
@@ -184,10 +193,7 @@ def save_query_tower(tower, directory: str | os.PathLike) -> Path:
         TypeError: ``tower`` is not a QueryTower, its tokenizer is not a WordPieceTokenizer, or its
             pooling is a callable (only "mean"/"cls" can be rebuilt from JSON).
     """
-    if not isinstance(tower, QueryTower):
-        raise TypeError(f"tower must be a QueryTower, got {type(tower).__name__}")
-    if not isinstance(tower.tokenizer, WordPieceTokenizer):
-        raise TypeError(f"tower.tokenizer must be a WordPieceTokenizer, got {type(tower.tokenizer).__name__}")
+    check_wordpiece_tower(tower)
     if tower.pooling_name not in POOLINGS:
         raise TypeError(f"tower pooling must be one of {sorted(POOLINGS)} to be exported, got {tower.pooling_name!r}")
     directory = Path(directory)
