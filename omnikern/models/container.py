@@ -55,7 +55,8 @@ class OmniSearchSage(nn.Module):
             ``tower(features)`` with the batch's candidate feature dict.
         loss: module or callable ``loss(query, pos, neg=None, query_ids=None, pos_ids=None,
             neg_ids=None, weights=None)`` returning the scalar loss (e.g.
-            ``omnikern.SampledSoftmaxLoss``); it sums its Matryoshka prefixes itself.
+            ``omnikern.SampledSoftmaxLoss``); it sums its Matryoshka prefixes itself. A
+            :class:`PerKeyLoss` is called with the candidate key first, to route it.
     """
 
     def __init__(self, towers: Mapping[tuple[str, str], nn.Module], loss: Callable[..., object]) -> None:
@@ -139,7 +140,9 @@ class OmniSearchSage(nn.Module):
             neg = torch.cat(g["neg"])
             has_neg = neg.shape[0] > 0
             any_weights = any(g["has_w"])
+            per_key = (key,) if isinstance(self.loss, PerKeyLoss) else ()
             losses[f"{QUERY}_{_key_name(key)}"] = self.loss(
+                *per_key,
                 torch.cat(g["q"]),
                 torch.cat(g["pos"]),
                 neg if has_neg else None,
@@ -150,3 +153,40 @@ class OmniSearchSage(nn.Module):
             )
         total = torch.stack([v.float() for v in losses.values()]).sum() / len(losses)
         return ModelOutput(total=total, losses=losses)
+
+
+def fresh_ids(calls: torch.Tensor, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns ``(query_ids, pos_ids)`` (rows,) that no other row or call shares, and advances
+    ``calls`` (a buffer, so a resumed run continues the sequence): what id masking switched off
+    gives the loss, so only each row's own positive column stays masked. The ids are negative, so
+    they cannot collide with string hashes or the usual non-negative entity ids."""
+    pos_ids = -(torch.arange(rows, device=device, dtype=torch.int64) + 1 + calls.to(device) * 2 * rows)
+    calls += 1
+    return pos_ids - rows, pos_ids
+
+
+class PerKeyLoss(nn.Module):
+    """One loss module per candidate key, so that each key has its own temperature and sketches
+    (each key's logQ counts are its own, as the published per-key losses have).
+
+    Args:
+        losses: ``(entity type, tower name)`` -> loss module (e.g. ``SampledSoftmaxLoss``).
+        id_masking: False gives every row's query and positive fresh ids (:func:`fresh_ids`).
+    """
+
+    def __init__(self, losses: Mapping[tuple[str, str], nn.Module], id_masking: bool = True) -> None:
+        super().__init__()
+        if not losses:
+            raise ValueError("losses must name at least one candidate key")
+        self.losses = nn.ModuleDict({f"{e}::{t}": loss for (e, t), loss in sorted(losses.items())})
+        self.id_masking = id_masking
+        self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, key: tuple[str, str], query, pos, neg=None, *, query_ids, pos_ids, neg_ids=None, weights=None):
+        name = f"{key[0]}::{key[1]}"
+        if name not in self.losses:
+            raise KeyError(f"no loss for candidate key {key!r}; keys are {list(self.losses)}")
+        if not self.id_masking:
+            query_ids, pos_ids = fresh_ids(self.calls, query.shape[0], pos_ids.device)
+        return self.losses[name](query, pos, neg, query_ids=query_ids, pos_ids=pos_ids, neg_ids=neg_ids,
+                                 weights=weights)

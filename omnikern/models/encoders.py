@@ -179,10 +179,27 @@ class QueryTower(nn.Module):
                              f"got {tuple(components.shape)}")
         if mean.shape != (self.hidden_size,):
             raise ValueError(f"mean must be ({self.hidden_size},), got {tuple(mean.shape)}")
-        d = components.shape[0]
         c = components.to(self.proj.weight)
-        self.proj.weight[:d] = c
-        self.proj.bias[:d] = -(c @ mean.to(c))
+        self.init_prefix(c, -(c @ mean.to(c)))
+
+    @torch.no_grad()
+    def init_prefix(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Starts the embedding's first ``d`` dims as ``weight · x + bias`` of the pooled vector
+        ``x`` (unit with ``normalize_pooled``); the other rows keep their init.
+
+        Args:
+            weight: (d, H) with ``d ≤ output_dim``; bias: (d,).
+
+        Raises:
+            ValueError: shapes that do not fit the encoder width or the output dim.
+        """
+        if weight.dim() != 2 or weight.shape[1] != self.hidden_size or weight.shape[0] > self.output_dim:
+            raise ValueError(f"weight must be (d <= {self.output_dim}, {self.hidden_size}), got {tuple(weight.shape)}")
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
+        d = weight.shape[0]
+        self.proj.weight[:d] = weight.to(self.proj.weight)
+        self.proj.bias[:d] = bias.to(self.proj.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Returns unit embeddings (B, output_dim) for token ids and mask, both (B, T) int64."""

@@ -124,3 +124,66 @@ def evaluate_topk(topk_indices: torch.Tensor | np.ndarray, queries: Sequence[Que
         ranks = np.array([position.get(t, np.inf) for t in query.targets], dtype=np.float64)
         per_query.append((query.kind, _metrics_from_ranks(ranks, len(query.targets), ks)))
     return _summarise(per_query)
+
+
+# ---------------------------------------------------------------------------------------------
+# Relevant sets by candidate position, with bootstrap intervals (datasets in the documented format)
+# ---------------------------------------------------------------------------------------------
+
+
+def rank_metrics(query_emb: torch.Tensor, candidate_emb: torch.Tensor, relevant: Sequence[Sequence[int]],
+                 ks: Sequence[int] = DEFAULT_KS, chunk: int = 256) -> dict[str, np.ndarray]:
+    """Returns per-query ``recall@k`` for each k and ``mrr``, arrays (Q,), by exact inner products
+    of query row i against every candidate, ranking ``relevant[i]`` (candidate rows) with the rule
+    of the module docstring (ties count against the relevant row; nothing is filtered).
+
+    Raises:
+        ValueError: shapes disagree, bad ``ks``, a query with no relevant row or one out of range.
+    """
+    if query_emb.dim() != 2 or candidate_emb.dim() != 2 or query_emb.shape[1] != candidate_emb.shape[1]:
+        raise ValueError(f"query_emb (Q, D) and candidate_emb (N, D) must share D, got {tuple(query_emb.shape)} and "
+                         f"{tuple(candidate_emb.shape)}")
+    if len(relevant) != query_emb.shape[0]:
+        raise ValueError(f"relevant has {len(relevant)} entries for {query_emb.shape[0]} queries")
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"ks must be positive ints, got {ks!r}")
+    n = candidate_emb.shape[0]
+    for i, rows in enumerate(relevant):
+        if not len(rows) or min(rows) < 0 or max(rows) >= n:
+            raise ValueError(f"relevant[{i}] must be a non-empty list of candidate rows in [0, {n}), got {list(rows)[:5]}")
+    out = {f"recall@{k}": np.zeros(len(relevant)) for k in ks} | {"mrr": np.zeros(len(relevant))}
+    candidates = candidate_emb.float()
+    for start in range(0, len(relevant), chunk):
+        scores = (query_emb[start:start + chunk].float() @ candidates.T).numpy()
+        for offset, row in enumerate(scores):
+            i = start + offset
+            targets = np.asarray(relevant[i], dtype=np.int64)
+            ranks = (row[None, :] >= row[targets][:, None]).sum(1)
+            out["mrr"][i] = 1.0 / ranks.min()
+            for k in ks:
+                out[f"recall@{k}"][i] = (ranks <= k).sum() / targets.size
+    return out
+
+
+def bootstrap_interval(values: np.ndarray, resamples: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Returns the percentile bootstrap interval of the mean of ``values`` (queries resampled with
+    replacement ``resamples`` times, seeded)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or not values.size:
+        raise ValueError(f"values must be a non-empty 1-d array, got shape {values.shape}")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, (resamples, values.size))].mean(axis=1)
+    tail = (1.0 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def summarise_with_intervals(per_query: dict[str, np.ndarray], resamples: int = 1000,
+                             seed: int = 0) -> dict[str, float | list[float]]:
+    """Returns ``{metric: mean, metric + "_ci": [lo, hi]}`` from :func:`rank_metrics`' arrays."""
+    out: dict[str, float | list[float]] = {}
+    for name, values in per_query.items():
+        out[name] = float(np.mean(values))
+        out[name + "_ci"] = list(bootstrap_interval(values, resamples, seed=seed))
+    return out
