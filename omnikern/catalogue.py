@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from omnikern._atomic import write_bytes_atomic
 from omnikern._checks import check_int
@@ -195,7 +194,7 @@ def type_features(spec: TypeSpec, ids: np.ndarray, texts: dict[str, list[str]], 
     with the type's saved statistics)."""
     features = {}
     if legacy is not None:
-        features[LEGACY_FEATURE] = torch.from_numpy(np.ascontiguousarray(legacy, dtype=np.float32))
+        features[LEGACY_FEATURE] = torch.tensor(np.asarray(legacy, dtype=np.float32))
     if spec.dense:
         scaled = (dense - np.asarray(spec.dense_mean)) / np.asarray(spec.dense_std)
         features[DENSE_FEATURE] = torch.from_numpy(scaled.astype(np.float32))
@@ -235,7 +234,7 @@ def build_catalogue_data(config: Config, dataset: Dataset | None = None, run_dir
     for t, spec in types.items():
         table = dataset.entities[t]
         if t == QUERY_TYPE:
-            features[t] = QueryTowerEntities(torch.from_numpy(table.ids), table.texts(spec.text_fields[0]))
+            features[t] = QueryTowerEntities(torch.tensor(table.ids), table.texts(spec.text_fields[0]))
         else:
             texts = {f: table.texts(f) for f in spec.text_fields}
             features[t] = type_features(spec, table.ids, texts, table.legacy, table.dense, featurise)

@@ -35,10 +35,21 @@ def _config_from_args(args: argparse.Namespace):
     return config
 
 
+def _fail(command: str, error: Exception) -> int:
+    """Prints a bad-input error as one line (no traceback) and returns the exit status 2."""
+    print(f"omnikern {command}: {error}", file=sys.stderr)
+    return 2
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from omnikern.recipe import export_for_serving, recipe_trainer
 
-    trainer = recipe_trainer(_config_from_args(args), args.out, resume=args.resume)
+    config = _config_from_args(args)
+    if args.data is not None:
+        config.data.path = str(args.data)
+    if config.data.path is not None or (args.resume is not None and _is_catalogue_run(args.resume)):
+        return _train_catalogue(args, config)
+    trainer = recipe_trainer(config, args.out, resume=args.resume)
     try:
         last = trainer.train()
     finally:
@@ -51,7 +62,94 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_catalogue_run(path) -> bool:
+    from omnikern.catalogue import is_catalogue_run
+
+    return is_catalogue_run(path)
+
+
+def _train_catalogue(args: argparse.Namespace, config) -> int:
+    from omnikern.catalogue import catalogue_trainer
+    from omnikern.models.checkpoint import QUERY_TOWER_DIR, save_query_tower
+    from omnikern.recipe import serving_query_tower
+
+    try:
+        # Opening the dataset checks every file before any training (docs/data-format.md).
+        trainer = catalogue_trainer(config, args.out, resume=args.resume)
+    except (FileNotFoundError, ValueError) as error:
+        return _fail("train", error)
+    if trainer.rank == 0:
+        print(trainer.data.dataset)
+    try:
+        last = trainer.train()
+    finally:
+        trainer.close()
+    if trainer.rank == 0:
+        tower_dir = save_query_tower(serving_query_tower(trainer.model), Path(args.out) / QUERY_TOWER_DIR)
+        data = trainer.config.data.path
+        print(f"trained {trainer.step_count} steps, last loss {last.get('loss', float('nan')):.4f}, "
+              f"skipped {trainer.bad_steps}; checkpoint in {args.out}")
+        print(f"next: omnikern eval {args.out} --data {data}; omnikern embed {args.out} --data {data} --out EMB; "
+              f"omnikern index build EMB --out INDEX; omnikern export-triton --checkpoint {tower_dir} --index INDEX "
+              "--out REPO")
+    return 0
+
+
+def _eval_catalogue(args: argparse.Namespace) -> int:
+    from omnikern._atomic import write_bytes_atomic
+    from omnikern.catalogue import evaluate_catalogue, format_catalogue_results, load_catalogue_run
+
+    try:
+        model, config, data = load_catalogue_run(args.checkpoint, args.data)
+    except (FileNotFoundError, ValueError) as error:
+        return _fail("eval", error)
+    results = evaluate_catalogue(model, config, data, zero_shot=not args.no_zero_shot, progress=True)
+    print(format_catalogue_results(results))
+    if args.json is not None:
+        write_bytes_atomic(args.json, json.dumps(results, indent=2).encode())
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    import os
+
+    from tqdm.auto import tqdm
+
+    from omnikern.catalogue import iter_embeddings, load_catalogue_run
+    from omnikern.data.embeddings import EmbeddingWriter, finalize_embeddings, is_rank_complete
+
+    # torchrun sets RANK/WORLD_SIZE: each rank embeds every world-th batch of the dataset's
+    # deterministic stream (by file, row group and type) and writes its own shards.
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if is_rank_complete(args.out, rank):
+        print(f"omnikern embed: rank {rank} of {world} is already complete in {args.out}; skipping")
+    else:
+        try:
+            model, config, data = load_catalogue_run(args.checkpoint, args.data)
+            stream = data.dataset.iter_entities(args.batch_rows, args.entity_type or None)
+        except (FileNotFoundError, ValueError) as error:
+            return _fail("embed", error)
+        mine = (batch for i, batch in enumerate(stream) if i % world == rank)
+        total = sum(data.dataset.num_entities(t) for t in (args.entity_type or data.dataset.entity_types))
+        writer = EmbeddingWriter(args.out, config.model.output_dim, rank=rank, world=world)
+        with tqdm(total=total // world, desc=f"embedding (rank {rank})", unit="entity", disable=rank != 0) as bar:
+            for batch, vectors in iter_embeddings(model, data, batches=mine):
+                writer.write(batch.ids, batch.entity_type, vectors)
+                bar.update(len(batch))
+        writer.close()
+    try:
+        manifest = finalize_embeddings(args.out, world)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"omnikern embed: rank {rank} done; the manifest waits for the other ranks ({error})")
+        return 0
+    print(f"wrote the embeddings to {args.out} ({manifest})")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.data is not None or args.json is not None or _is_catalogue_run(args.checkpoint):
+        return _eval_catalogue(args)
     from omnikern.index import Int8Index
     from omnikern.models.recipe_eval import evaluate_recipe_model, format_table, write_results
     from omnikern.recipe import build_encoder, load_trained
@@ -262,8 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"omnikern {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    train = sub.add_parser("train", help="train a model on the recipe catalogue (torchrun for several ranks)")
+    train = sub.add_parser("train", help="train a model on a dataset (--data) or the recipe catalogue (torchrun for "
+                           "several ranks)")
     _add_config_arguments(train)
+    train.add_argument("--data", type=Path, help="a dataset directory in the documented format (docs/data-format.md); "
+                       "without it, the recipe catalogue")
     train.add_argument("--out", type=Path, default=Path("runs/omnikern"),
                        help="run directory: checkpoints, scalars.csv, and the query tower + item index for serving "
                        "(default runs/omnikern)")
@@ -271,13 +372,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ablation", choices=_ABLATION_NAMES, help="apply a named ablation's overrides")
     train.set_defaults(func=_cmd_train)
 
-    evaluate = sub.add_parser("eval", help="evaluate a checkpoint: Recall@10/100 and MRR per query kind")
+    evaluate = sub.add_parser("eval", help="evaluate a checkpoint: Recall@10/100 and MRR per task (or query kind)")
     evaluate.add_argument("checkpoint", type=Path, help="checkpoint or run directory")
+    evaluate.add_argument("--data", type=Path, help="the dataset whose eval/ pairs to score (default: the one the run "
+                          "trained on)")
+    evaluate.add_argument("--json", type=Path, help="write the results (with bootstrap 95%% intervals) to this JSON file")
+    evaluate.add_argument("--no-zero-shot", action="store_true", help="with a dataset run: skip the zero-shot "
+                          "baseline (it encodes every candidate entity once, then caches)")
     evaluate.add_argument("--out", type=Path, help="where results.json/.png go (default: the checkpoint)")
     evaluate.add_argument("--index", type=Path, help="an Int8Index file under recipe ids (e.g. RUN/item_index.safetensors): "
                           "also evaluate the query tower against it")
     evaluate.add_argument("--zero-shot", action="store_true", help="also score the untrained encoder (baseline)")
     evaluate.set_defaults(func=_cmd_eval)
+
+    embed = sub.add_parser("embed", help="embed every entity of a dataset with a trained run's item towers "
+                           "(torchrun: one share per rank)")
+    embed.add_argument("checkpoint", type=Path, help="run directory (or checkpoint) trained with train --data")
+    embed.add_argument("--data", type=Path, help="the dataset (default: the one the run trained on)")
+    embed.add_argument("--out", type=Path, required=True, help="the embeddings directory to write (Parquet shards "
+                       "and manifest.json)")
+    embed.add_argument("--entity-type", action="append", default=[], metavar="TYPE",
+                       help="only this entity type; repeatable (default: all)")
+    embed.add_argument("--batch-rows", type=int, default=4096, help="entities per batch (default 4096)")
+    embed.set_defaults(func=_cmd_embed)
 
     export = sub.add_parser("export-triton", help="write a Triton Inference Server model repository")
     export.add_argument("--checkpoint", help="query-tower directory: query_tower.json + query_tower.safetensors + "

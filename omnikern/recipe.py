@@ -346,6 +346,17 @@ def load_trained(path: str | Path, data: RecipeData | None = None, device: str =
     return model.to(device).eval(), config, data
 
 
+def serving_query_tower(model: nn.Module) -> QueryTower:
+    """Returns the trained query tower as a plain :class:`QueryTower` on the CPU (the frozen-layer
+    cache wrapper removed), ready for :func:`~omnikern.models.checkpoint.save_query_tower`."""
+    tower = model.tower(QUERY_KEY)
+    encoder = getattr(tower.encoder, "inner", tower.encoder)  # unwrap CachedPrefixEncoder
+    plain = QueryTower(encoder, tokenizer=tower.tokenizer, pooling=tower.pooling_name, output_dim=tower.output_dim,
+                       output_dtype=tower.output_dtype, normalize_pooled=tower.normalize_pooled)
+    plain.proj.load_state_dict(tower.proj.state_dict())
+    return plain.cpu().eval()
+
+
 def export_for_serving(model: nn.Module, data: RecipeData, directory: str | Path) -> tuple[Path, Path]:
     """Writes what ``omnikern export-triton`` takes: ``<directory>/query_tower/`` (the query tower
     as :func:`omnikern.models.checkpoint.save_query_tower` lays it out, with the cached-layer wrapper
@@ -353,12 +364,7 @@ def export_for_serving(model: nn.Module, data: RecipeData, directory: str | Path
     learned item tower's embeddings of every recipe, ids = recipe entity ids). Returns both paths.
     """
     directory = Path(directory)
-    tower = model.tower(QUERY_KEY)
-    encoder = getattr(tower.encoder, "inner", tower.encoder)  # unwrap CachedPrefixEncoder
-    plain = QueryTower(encoder, tokenizer=tower.tokenizer, pooling=tower.pooling_name, output_dim=tower.output_dim,
-                       output_dtype=tower.output_dtype, normalize_pooled=tower.normalize_pooled)
-    plain.proj.load_state_dict(tower.proj.state_dict())
-    tower_dir = save_query_tower(plain.cpu().eval(), directory / QUERY_TOWER_DIR)
+    tower_dir = save_query_tower(serving_query_tower(model), directory / QUERY_TOWER_DIR)
     embeddings = item_embeddings(model, data)["learned"]
     index = Int8Index(embeddings.shape[1])
     index.add(embeddings.contiguous(), data.features.ids.clone())

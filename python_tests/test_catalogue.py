@@ -1,0 +1,308 @@
+"""The multi-entity model on a dataset in the documented format (omnikern.catalogue, ``train/eval
+--data``): batches, the model's towers, training, resume, evaluation, embedding, and bad input.
+
+The dataset is the generated two-type shop (``helpers.shop_rows``: products with legacy vectors and
+a dense price, boards without either, list-valued text fields, Zipf-skewed popularity, weights,
+three tasks). The encoder is a random 2-layer BERT of width 32 (``model.encoder="tiny"``); only
+the all-MiniLM-L6-v2 ``tokenizer.json`` is read from its package.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from helpers import shop_rows, write_shop_dataset
+from test_data_dataset import ENTITIES, PAIRS, _dataset, _replace
+
+from omnikern.catalogue import (
+    FIXED,
+    build_catalogue_data,
+    build_catalogue_model,
+    catalogue_trainer,
+    entity_documents,
+    evaluate_catalogue,
+    is_catalogue_run,
+    iter_embeddings,
+    load_catalogue_run,
+    train_tasks,
+    zero_shot_encoder,
+)
+from omnikern.cli import main
+from omnikern.data.batches import PairSampler, split_pairs
+from omnikern.models.config import load_config
+from omnikern.models.container import LEARNED, QUERY_KEY
+from omnikern.models.evaluate import bootstrap_interval, rank_metrics
+
+TINY = [
+    'model.encoder="tiny"', "model.tiny_hidden=32", "model.output_dim=32", "model.item_hidden=[32]",
+    "model.hash_buckets=512", "model.text_dim=16", "model.train_encoder_layers=-1", "model.ngram_caps=[500,500,500]",
+    "loss.sketch_width=1024", 'loss.impl="torch"', "train.num_pairs=48", "train.neg_ratio=2", "train.progress=false",
+    "train.log_every=1", "train.threads=1", "optim.warmup_steps=0", "optim.lr=0.01", "optim.encoder_lr=0.001",
+]
+
+
+def tiny_config(data: Path, cache: Path, *extra: str):
+    return load_config(None, TINY + [f'data.path="{data}"', f'data.cache_dir="{cache}"', *extra])
+
+
+def cli_sets(data: Path, cache: Path, *extra: str) -> list[str]:
+    out = ["--data", str(data), "--cache-dir", str(cache)]
+    for item in TINY + list(extra):
+        out += ["--set", item]
+    return out
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory) -> Path:
+    path, _ = write_shop_dataset(tmp_path_factory.mktemp("shop") / "data", row_group_rows=25)
+    return path
+
+
+@pytest.fixture(scope="module")
+def legacy_shop(tmp_path_factory) -> Path:
+    """The shop with legacy vectors on boards too (so training starts from them)."""
+    rows = shop_rows()
+    rng = np.random.default_rng(1)
+    for entity in rows["entities"]:
+        if entity["entity_type"] == "board":
+            entity["legacy_embedding"] = [float(v) for v in rng.standard_normal(8).astype(np.float32)]
+    path, _ = write_shop_dataset(tmp_path_factory.mktemp("legacy_shop") / "data", rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(shop, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert main(["train", *cli_sets(shop, out.parent / "cache", "train.steps=6"), "--out", str(out)]) == 0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------------------------
+
+
+def test_split_pairs_is_proportional_and_exact():
+    assert split_pairs(10, {"a": 1.0, "b": 1.0}) == {"a": 5, "b": 5}
+    assert split_pairs(10, {"a": 2.0, "b": 1.0}) == {"a": 7, "b": 3}  # 6.67 / 3.33: the larger remainder first
+    assert split_pairs(7, {"a": 0.0, "b": 3.0}) == {"a": 0, "b": 7}
+    with pytest.raises(ValueError, match=r"num_pairs=3 leaves no pair per step for \['c'\]"):
+        split_pairs(3, {"a": 10.0, "b": 10.0, "c": 1.0})
+
+
+def test_pair_sampler_batches(shop, tmp_path):
+    config = tiny_config(shop, tmp_path)
+    data = build_catalogue_data(config)
+    tasks, texts = train_tasks(data)
+    assert {(t.task, t.candidate_type) for t in tasks} == {("board", "board"), ("board_browse", "board"),
+                                                            ("product_search", "product")}
+    # Pairs are the dataset's kept train rows, pointing at the right entities.
+    pairs = data.dataset.pairs("train")
+    assert sum(len(t) for t in tasks) == len(pairs)
+    product = next(t for t in tasks if t.task == "product_search")
+    ids = data.features["product"].ids.numpy()[product.candidates]
+    wanted = [e for e, task in zip(pairs.entity_id.tolist(), pairs.task) if task == "product_search"]
+    assert ids.tolist() == wanted
+    counts = {t.task: len(t) for t in tasks}
+    sampler = PairSampler(tasks, texts, np.arange(len(texts)), data.features, data.tokenizer, num_pairs=48,
+                          neg_ratio=3, seed=0)
+    batches = sampler.sample()
+    shares = {b.candidate_type + str(b.num_pairs) for b in batches}
+    expected = split_pairs(48, {f"{t}/{'product' if t == 'product_search' else 'board'}": float(n)
+                                for t, n in counts.items()})
+    assert sorted(b.num_pairs for b in batches) == sorted(expected.values()), shares
+    for batch in batches:
+        source = data.features[batch.candidate_type]
+        assert batch.candidate_ids.shape[0] == 4 * batch.num_pairs  # positives + 3 negatives each
+        assert set(batch.candidate_ids.tolist()) <= set(source.ids.tolist())  # negatives of the same type
+        assert batch.weights is not None and set(batch.weights.tolist()) <= {0.5, 1.0, 2.0}
+        assert batch.candidates["title_offsets"].shape == (4 * batch.num_pairs,)
+    # Task weights: only the named tasks, in the given proportion.
+    only = PairSampler(tasks, texts, np.arange(len(texts)), data.features, data.tokenizer, num_pairs=10,
+                       task_weights={"product_search": 1.0}, seed=0).sample()
+    assert [(b.candidate_type, b.num_pairs) for b in only] == [("product", 10)]
+    with pytest.raises(ValueError, match=r"task_weights names tasks with no training pairs: \['nope'\]"):
+        PairSampler(tasks, texts, np.arange(len(texts)), data.features, data.tokenizer, task_weights={"nope": 1.0})
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+
+def test_towers_per_entity_type(shop, tmp_path):
+    config = tiny_config(shop, tmp_path)
+    data = build_catalogue_data(config)
+    assert data.legacy_dim is None  # boards have no legacy vectors: start from the zero-shot encoder
+    model = build_catalogue_model(config, data)
+    assert set(model.keys) == {QUERY_KEY, ("board", LEARNED), ("product", LEARNED), ("product", FIXED)}
+    product = model.tower(("product", LEARNED))
+    assert product.text_fields == ("details", "tags", "title") or set(product.text_fields) == {"title", "tags", "details"}
+    assert product.dense_features == {"legacy": 8, "dense": 1}
+    assert model.tower(("board", LEARNED)).dense_features == {}
+    # The price is standardised with the statistics of the catalogue.
+    price = data.features["product"].dense["dense"]
+    assert abs(float(price.mean())) < 1e-5 and abs(float(price.std(unbiased=False)) - 1) < 1e-4
+
+
+def test_legacy_init_fits_the_query_prefix(legacy_shop, tmp_path):
+    """With legacy vectors on every type that are a linear map of the encoder's pooled document
+    vectors, the fitted query prefix reproduces them: step 0 retrieves as the legacy embedding."""
+    config = tiny_config(legacy_shop, tmp_path)
+    data = build_catalogue_data(config, fit_legacy=False)
+    encode = zero_shot_encoder(config, data)
+    docs = entity_documents({f: data.dataset.entities["product"].texts(f) for f in data.types["product"].text_fields})
+    pooled = encode(docs)
+    true_map = torch.randn(8, pooled.shape[1], generator=torch.Generator().manual_seed(0))
+    legacy = pooled @ true_map.T + 0.5
+    # Rewrite the products' legacy vectors as that map, boards likewise.
+    rows = shop_rows()
+    board_docs = entity_documents({f: data.dataset.entities["board"].texts(f) for f in data.types["board"].text_fields})
+    board_legacy = encode(board_docs) @ true_map.T + 0.5
+    by_id = {int(i): v for i, v in zip(data.features["product"].ids, legacy)}
+    by_id |= {int(i): v for i, v in zip(data.features["board"].ids, board_legacy)}
+    for entity in rows["entities"]:
+        entity["legacy_embedding"] = [float(v) for v in by_id[entity["entity_id"]]]
+    path, _ = write_shop_dataset(tmp_path / "mapped", rows)
+    config = tiny_config(path, tmp_path, "model.legacy_fit_rows=80")
+    data = build_catalogue_data(config)
+    assert data.legacy_dim == 8
+    weight, bias = data.legacy_fit
+    fitted = pooled @ weight.T + bias
+    assert torch.allclose(fitted, legacy, atol=0.05 * float(legacy.abs().max())), (fitted - legacy).abs().max()
+    model = build_catalogue_model(config, data)
+    # The learned towers start as their legacy vectors (normalised, zero-padded).
+    with torch.no_grad():
+        start = model.tower(("product", LEARNED))(data.features["product"].gather(np.arange(4)))
+    expected = torch.nn.functional.normalize(legacy[:4].float(), dim=1)
+    assert torch.allclose(start[:, :8], expected, atol=1e-5) and float(start[:, 8:].abs().max()) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Training, resume, evaluation, embedding
+# ---------------------------------------------------------------------------------------------
+
+
+def test_train_writes_a_run(run):
+    assert is_catalogue_run(run)
+    spec = json.loads((run / "catalogue.json").read_text())
+    assert sorted(spec["types"]) == ["board", "product"] and spec["types"]["board"]["legacy_dim"] is None
+    assert (run / "query_tower" / "query_tower.safetensors").is_file()
+    lines = (run / "scalars.csv").read_text().splitlines()
+    assert "loss/query_product_fixed" in lines[0] and len(lines) == 7
+
+
+def test_killed_run_resumes_with_nothing_lost(shop, tmp_path):
+    straight = catalogue_trainer(tiny_config(shop, tmp_path, "train.steps=6"), tmp_path / "a")
+    straight.train()
+    first = catalogue_trainer(tiny_config(shop, tmp_path, "train.steps=6", "train.save_every=1"), tmp_path / "b")
+    first.train(stop_at=3)  # as if killed after the checkpoint of step 3
+    resumed = catalogue_trainer(tiny_config(shop, tmp_path, "train.steps=6"), tmp_path / "b", resume=tmp_path / "b")
+    assert resumed.step_count == 3
+    resumed.train()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name].float(), b[name].float(), atol=1e-5), name
+
+
+def test_eval_json(run, shop, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert main(["eval", str(run), "--data", str(shop), "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    tasks = results["tasks"]
+    assert set(tasks) == {"board", "board_browse", "product_search"}
+    product = tasks["product_search"]
+    assert set(product) >= {"queries", "trained", "fixed", "zero_shot"} and "fixed" not in tasks["board"]
+    for name in ("trained", "fixed", "zero_shot"):
+        m = product[name]
+        for metric in ("recall@10", "recall@100", "mrr"):
+            lo, hi = m[metric + "_ci"]
+            assert 0 <= lo <= m[metric] <= hi <= 1
+    assert "product_search" in capsys.readouterr().out
+    # The numbers are those of the functions, recomputed here on the same model.
+    model, config, data = load_catalogue_run(run)
+    again = evaluate_catalogue(model, config, data, zero_shot=False)
+    assert again["tasks"]["board"]["trained"]["recall@10"] == tasks["board"]["trained"]["recall@10"]
+
+
+def test_rank_metrics_against_brute_force():
+    rng = np.random.default_rng(0)
+    q, c = torch.randn(5, 4), torch.randn(30, 4)
+    c[7] = c[3]  # a tie: counts against the relevant row
+    relevant = [[3], [0, 1, 2], [29], [7, 3], [10]]
+    got = rank_metrics(q, c, relevant, ks=(1, 10))
+    scores = (q @ c.T).numpy()
+    for i, rows in enumerate(relevant):
+        ranks = [(scores[i] >= scores[i, r]).sum() for r in rows]
+        assert got["mrr"][i] == pytest.approx(1 / min(ranks))
+        assert got["recall@10"][i] == pytest.approx(np.mean([r <= 10 for r in ranks]))
+    lo, hi = bootstrap_interval(rng.random(200))
+    assert lo < 0.5 < hi and hi - lo < 0.15
+    assert bootstrap_interval(np.ones(10)) == (1.0, 1.0)
+    with pytest.raises(ValueError, match=r"relevant\[0\] must be a non-empty list"):
+        rank_metrics(q, c, [[]] * 5)
+
+
+def test_embed_every_entity(run, shop):
+    model, _, data = load_catalogue_run(run)
+    seen = {}
+    for batch, vectors in iter_embeddings(model, data, batch_rows=16):
+        assert vectors.shape == (len(batch), 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+        for i, v in zip(batch.ids.tolist(), vectors):
+            seen[i] = v
+    assert len(seen) == 80
+    # The streamed embeddings are those of the in-memory tables.
+    from omnikern.catalogue import entity_embeddings
+
+    table = entity_embeddings(model, data.features["product"], "product").numpy()
+    ids = data.features["product"].ids.tolist()
+    assert np.allclose(np.stack([seen[i] for i in ids]), table, atol=1e-5)
+
+
+def test_a_run_refuses_another_dataset(run, tmp_path, capsys):
+    rows = shop_rows()
+    for entity in rows["entities"]:
+        entity.pop("price", None)
+    path, _ = write_shop_dataset(tmp_path / "other", rows)
+    assert main(["eval", str(run), "--data", str(path)]) == 2
+    assert "entity type 'product': the dataset has dense [], the run" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: each malformed dataset stops `omnikern train` before training, exit 2, one line
+# ---------------------------------------------------------------------------------------------
+
+BAD = {
+    "missing column": (dict(entities=ENTITIES.drop_columns(["entity_type"])), "column 'entity_type'"),
+    "wrong type": (dict(train=_replace(PAIRS, "entity_id", pa.array(["1", "2"]))), "column 'entity_id': expected int64"),
+    "null id": (dict(entities=_replace(ENTITIES, "entity_id", pa.array([1, None, 3], pa.int64()))), "found null"),
+    "duplicate id": (dict(entities=_replace(ENTITIES, "entity_id", pa.array([1, 2, 1], pa.int64()))),
+                     "expected a unique id, found 1 again"),
+    "unknown entity": (dict(eval=_replace(PAIRS, "entity_id", pa.array([2, 999], pa.int64()))), "found 999"),
+    "empty split": (dict(eval=PAIRS.slice(0, 0)), "empty split"),
+    "legacy length": (dict(entities=_replace(ENTITIES, "legacy_embedding", pa.array(
+        [[0.0, 1.0], [1.0, 0.0], [0.5, 0.5, 0.5]], pa.list_(pa.float32())))), "expected a vector of length 2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_dataset_exits_2_before_training(case, tmp_path, capsys):
+    tables, message = BAD[case]
+    root = _dataset(tmp_path / "data", **tables)
+    out = tmp_path / "run"
+    assert main(["train", *cli_sets(root, tmp_path / "cache", "train.steps=1"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("omnikern train: ") and message in err and "Traceback" not in err
+    assert err.count("\n") == 1
+    assert not (out / "latest.json").exists()
+
+
+def test_too_few_pairs_per_step_is_a_clear_error(shop, tmp_path, capsys):
+    assert main(["train", *cli_sets(shop, tmp_path, "train.num_pairs=4"), "--out", str(tmp_path / "r")]) == 2
+    assert "leaves no pair per step" in capsys.readouterr().err
