@@ -51,7 +51,7 @@ from omnikern.models.checkpoint import load_model_state, read_checkpoint_meta
 from omnikern.models.config import Config
 from omnikern.models.container import LEARNED, QUERY_KEY, OmniSearchSage, PerKeyLoss
 from omnikern.models.encoders import QueryTower, ZeroShotEncoder
-from omnikern.models.evaluate import rank_metrics, summarise_with_intervals
+from omnikern.models.evaluate import bootstrap_interval, rank_metrics, summarise_with_intervals
 from omnikern.models.frozen import CachedPrefixEncoder
 from omnikern.models.item_towers import FixedTower, HashEmbeddingBag, LearnedItemTower
 from omnikern.models.loss import SampledSoftmaxLoss
@@ -257,16 +257,19 @@ def fit_legacy_map(config: Config, data: CatalogueData, progress: bool = False) 
     check_int("model.legacy_fit_rows", rows, 1)
     rng = np.random.default_rng(config.train.seed)
     total = sum(len(data.features[t]) for t in data.item_types)
-    docs, targets = [], []
+    encode = zero_shot_encoder(config, data, progress=progress)
+    pooled, targets = [], []
     for t in data.item_types:
         table = data.dataset.entities[t]
         n = len(table)
         take = np.sort(rng.choice(n, size=min(n, max(1, round(rows * n / total))), replace=False))
-        texts = {f: table.texts(f) for f in data.types[t].text_fields}
-        all_docs = entity_documents(texts)
-        docs += [all_docs[i] for i in take]
+        if take.size == n:  # the whole type: the cached vectors that the zero-shot evaluation uses too
+            pooled.append(zero_shot_documents(config, data, t, encode))
+        else:
+            docs = entity_documents({f: table.texts(f) for f in data.types[t].text_fields})
+            pooled.append(encode([docs[i] for i in take]).float())
         targets.append(table.legacy[take])
-    pooled = zero_shot_encoder(config, data, progress=progress, desc="fitting the legacy map")(docs).double()
+    pooled = torch.cat(pooled).double()
     y = torch.from_numpy(np.concatenate(targets)).double()
     x_mean, y_mean = pooled.mean(0), y.mean(0)
     xc, yc = pooled - x_mean, y - y_mean
@@ -276,16 +279,14 @@ def fit_legacy_map(config: Config, data: CatalogueData, progress: bool = False) 
     return weight.float(), (y_mean - weight @ x_mean).float()
 
 
-def zero_shot_encoder(config: Config, data: CatalogueData, progress: bool = False,
-                      desc: str = "zero-shot encoding") -> ZeroShotEncoder:
+def zero_shot_encoder(config: Config, data: CatalogueData, progress: bool = False) -> ZeroShotEncoder:
     """The frozen encoder of ``model.encoder`` (seeded as the model builds it) as ``texts -> (N, H)``
     unit mean-pooled rows, documents cut at ``data.legacy_max_tokens`` tokens."""
     with torch.random.fork_rng():
         torch.manual_seed(config.train.seed)
         encoder = build_encoder(config, len(data.tokenizer)).eval()
     tokenizer = load_tokenizer(config, config.data.legacy_max_tokens)
-    encode = ZeroShotEncoder(encoder, tokenizer, batch_size=64, progress=progress)
-    return encode
+    return ZeroShotEncoder(encoder, tokenizer, batch_size=64, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,7 +439,7 @@ def catalogue_setup(run_dir: str | Path, data: CatalogueData | None = None):
         tasks, texts = train_tasks(built)
         sampler = PairSampler(tasks, texts, query_ids(texts), built.features, built.tokenizer,
                               num_pairs=t.num_pairs, task_weights=t.task_weights, neg_ratio=t.neg_ratio,
-                              seed=t.seed + 1000 * rank)
+                              seed=t.seed + 1000 * rank, negatives=t.negatives)
         sampler.shard(rank, world)
         ordered = sorted(set(texts), key=len)
         return TrainingSetup(model, sampler, built,
@@ -489,7 +490,7 @@ def entity_embeddings(model: OmniSearchSage, source: EntityFeatures | QueryTower
     return torch.cat(rows)
 
 
-def _zero_shot_documents(config: Config, data: CatalogueData, entity_type: str, encode) -> torch.Tensor:
+def zero_shot_documents(config: Config, data: CatalogueData, entity_type: str, encode) -> torch.Tensor:
     """The zero-shot encoder's unit vectors of one type's documents, cached by encoder, token cap
     and the documents themselves."""
     table = data.dataset.entities[entity_type]
@@ -511,32 +512,57 @@ def _zero_shot_documents(config: Config, data: CatalogueData, entity_type: str, 
     return vectors
 
 
-def eval_queries(data: CatalogueData, split: str = "eval") -> dict[str, tuple[list[str], list[str], list[list[int]]]]:
-    """Returns task -> ``(query texts, candidate types, relevant rows)``: the split's pairs grouped
-    by (task, query), each query's relevant entities as rows of the concatenation of the task's
-    candidate types (sorted)."""
+@dataclass
+class EvalTask:
+    """One task's held-out queries: their texts, the candidate types (sorted), and per query the
+    relevant rows and the rows left out of its ranking, as rows of the concatenation of the
+    candidate types' entities."""
+
+    texts: list[str]
+    types: list[str]
+    relevant: list[list[int]]
+    ignore: list[list[int]]
+
+
+def eval_queries(data: CatalogueData, split: str = "eval", filtered: bool = True) -> dict[str, EvalTask]:
+    """Returns task -> :class:`EvalTask`: the split's pairs grouped by (task, query).
+
+    Filtered ranking (``filtered``): entities that the train split pairs with the same query and
+    task are left out of that query's ranking unless they are also held-out targets — they are
+    known positives, not misses (for the recipe catalogue this is exactly its query sets' ``ignore``
+    lists: a category query's train-split recipes)."""
     pairs = data.dataset.pairs(split)
     by_task: dict[str, dict[str, list[tuple[str, int]]]] = defaultdict(lambda: defaultdict(list))
     for q, entity, t, task in zip(pairs.query, pairs.entity_id.tolist(), pairs.entity_type, pairs.task):
         by_task[task][q].append((t, entity))
+    known: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
+    if filtered and split != "train":
+        train = data.dataset.pairs("train")
+        for q, entity, t, task in zip(train.query, train.entity_id.tolist(), train.entity_type, train.task):
+            if q in by_task.get(task, {}):
+                known[(task, q)].append((t, entity))
     out = {}
     for task, queries in sorted(by_task.items()):
         types = sorted({t for rows in queries.values() for t, _ in rows})
-        offsets = np.cumsum([0] + [len(data.features[t]) for t in types])
-        texts, relevant = [], []
-        for q, rows in queries.items():
+        offsets = dict(zip(types, np.cumsum([0] + [len(data.features[t]) for t in types]).tolist()))
+
+        def rows_of(pairs_: list[tuple[str, int]]) -> list[int]:
             found = set()
-            for t, entity in rows:
-                found.add(int(offsets[types.index(t)] + _positions(data.features[t], np.array([entity]), t)[0]))
-            texts.append(q)
-            relevant.append(sorted(found))
-        out[task] = (texts, types, relevant)
+            for t in {t for t, _ in pairs_} & set(types):
+                ids = np.array([e for u, e in pairs_ if u == t], dtype=np.int64)
+                found.update((offsets[t] + _positions(data.features[t], ids, t)).tolist())
+            return sorted(found)
+
+        texts = list(queries)
+        out[task] = EvalTask(texts, types, [rows_of(queries[q]) for q in texts],
+                             [rows_of(known.get((task, q), [])) for q in texts])
     return out
 
 
 @torch.no_grad()
 def evaluate_catalogue(model: OmniSearchSage, config: Config, data: CatalogueData, split: str = "eval",
-                       zero_shot: bool = True, resamples: int = 1000, progress: bool = False) -> dict[str, Any]:
+                       zero_shot: bool = True, resamples: int = 1000, progress: bool = False,
+                       filtered: bool = True) -> dict[str, Any]:
     """Returns ``{"split", "tasks": {task: {"queries": n, "candidate_types": [...], "trained": {...},
     "fixed": {...}, "zero_shot": {...}}}}``: Recall@10, Recall@100 and MRR with their bootstrap 95%
     intervals (``"recall@10_ci": [lo, hi]``, queries resampled ``resamples`` times, seeded).
@@ -544,29 +570,38 @@ def evaluate_catalogue(model: OmniSearchSage, config: Config, data: CatalogueDat
     ``trained``: the trained query tower against the learned towers. ``fixed``: its legacy-width
     prefix against the legacy vectors (cosine; only tasks whose types all have legacy vectors of one
     width). ``zero_shot``: the frozen encoder's pooled vectors on both sides (queries and entity
-    documents), as a model that never saw the pairs would rank.
+    documents), as a model that never saw the pairs would rank. ``trained_minus_zero_shot``: the
+    Recall@10 gain with a paired bootstrap interval. ``filtered``: see :func:`eval_queries`
+    (``filtered_rows`` counts the rows left out).
     """
     model.eval()
-    tasks = eval_queries(data, split)
-    learned = {t: entity_embeddings(model, data.features[t], t) for t in {t for _, ts, _ in tasks.values() for t in ts}}
+    tasks = eval_queries(data, split, filtered)
+    learned = {t: entity_embeddings(model, data.features[t], t) for t in {t for task in tasks.values() for t in task.types}}
     encode = zero_shot_encoder(config, data, progress=progress) if zero_shot else None
     results: dict[str, Any] = {"split": split, "tasks": {}}
     tower = model.tower(QUERY_KEY)
-    for task, (texts, types, relevant) in tasks.items():
-        entry: dict[str, Any] = {"queries": len(texts), "candidate_types": types}
+    for task, held_out in tasks.items():
+        texts, types, relevant, ignore = held_out.texts, held_out.types, held_out.relevant, held_out.ignore
+        entry: dict[str, Any] = {"queries": len(texts), "candidate_types": types,
+                                 "filtered_rows": sum(len(rows) for rows in ignore)}
         q = tower.encode(texts, convert_to_tensor=True).float().cpu()
-        entry["trained"] = summarise_with_intervals(rank_metrics(q, torch.cat([learned[t] for t in types]), relevant),
-                                                    resamples)
+        per_query = {"trained": rank_metrics(q, torch.cat([learned[t] for t in types]), relevant, ignore=ignore)}
         dims = {data.types[t].legacy_dim for t in types}
         if len(dims) == 1 and None not in dims:
             d = dims.pop()
-            legacy = torch.cat([torch.from_numpy(data.dataset.entities[t].legacy) for t in types])
-            entry["fixed"] = summarise_with_intervals(
-                rank_metrics(l2_normalize(q[:, :d].contiguous()), l2_normalize(legacy.float()), relevant), resamples)
+            legacy = torch.cat([torch.from_numpy(data.dataset.entities[t].legacy) for t in types]).float()
+            per_query["fixed"] = rank_metrics(l2_normalize(q[:, :d].contiguous()), l2_normalize(legacy), relevant,
+                                              ignore=ignore)
         if encode is not None:
-            docs = torch.cat([_zero_shot_documents(config, data, t, encode) for t in types])
-            entry["zero_shot"] = summarise_with_intervals(rank_metrics(encode(texts).float(), docs, relevant),
-                                                          resamples)
+            docs = torch.cat([zero_shot_documents(config, data, t, encode) for t in types])
+            per_query["zero_shot"] = rank_metrics(encode(texts).float(), docs, relevant, ignore=ignore)
+        for name, values in per_query.items():
+            entry[name] = summarise_with_intervals(values, resamples)
+        if "zero_shot" in per_query:
+            # Paired: the same resampled queries for both models, so the interval is the difference's own.
+            gain = per_query["trained"]["recall@10"] - per_query["zero_shot"]["recall@10"]
+            entry["trained_minus_zero_shot"] = {"recall@10": float(gain.mean()),
+                                                "recall@10_ci": list(bootstrap_interval(gain, resamples))}
         results["tasks"][task] = entry
     return results
 

@@ -103,7 +103,8 @@ def _eval_catalogue(args: argparse.Namespace) -> int:
         model, config, data = load_catalogue_run(args.checkpoint, args.data)
     except (FileNotFoundError, ValueError) as error:
         return _fail("eval", error)
-    results = evaluate_catalogue(model, config, data, zero_shot=not args.no_zero_shot, progress=True)
+    results = evaluate_catalogue(model, config, data, zero_shot=not args.no_zero_shot, progress=True,
+                                 filtered=not args.no_filter)
     print(format_catalogue_results(results))
     if args.json is not None:
         write_bytes_atomic(args.json, json.dumps(results, indent=2).encode())
@@ -305,11 +306,35 @@ def _cmd_hash(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def _out_is_free(command: str, out: Path, overwrite: bool) -> bool:
+    """Whether ``--out`` may be written (absent, empty, or ``--overwrite``); prints why not."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+        what = "is not a directory" if not out.is_dir() else "exists and is not empty (--overwrite replaces it)"
+        print(f"omnikern {command}: --out {out} {what}", file=sys.stderr)
+        return False
+    return True
+
+
+def _cmd_data_shop(args: argparse.Namespace) -> int:
+    if not _out_is_free("data shop", Path(args.out), args.overwrite):
+        return 2
+    from omnikern.data.dataset import Dataset
+    from omnikern.data.shop import write_shop
+
+    for name in ("products", "boards", "train_pairs", "eval_pairs"):
+        if getattr(args, name) < 1:
+            return _fail("data shop", ValueError(f"--{name.replace('_', '-')} must be at least 1, got "
+                                                 f"{getattr(args, name)}"))
+    path = write_shop(args.out, num_products=args.products, num_boards=args.boards, num_train=args.train_pairs,
+                      num_eval=args.eval_pairs, seed=args.seed)
+    print(Dataset.open(path))
+    print(f"wrote the generated shop dataset to {path} (docs/data-format.md)")
+    return 0
+
+
 def _cmd_data_recipes(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
-        what = "is not a directory" if not out.is_dir() else "exists and is not empty (--overwrite replaces it)"
-        print(f"omnikern data recipes: --out {out} {what}", file=sys.stderr)
+    if not _out_is_free("data recipes", out, args.overwrite):
         return 2
     if args.max_recipes is not None and args.max_recipes < 2:
         print(f"omnikern data recipes: --max-recipes must be at least 2 (a train and an eval recipe), got "
@@ -377,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", type=Path, help="the dataset whose eval/ pairs to score (default: the one the run "
                           "trained on)")
     evaluate.add_argument("--json", type=Path, help="write the results (with bootstrap 95%% intervals) to this JSON file")
+    evaluate.add_argument("--no-filter", action="store_true", help="with a dataset run: keep the entities that train/ "
+                          "pairs with the same query and task in its ranking (default: left out, as known positives)")
     evaluate.add_argument("--no-zero-shot", action="store_true", help="with a dataset run: skip the zero-shot "
                           "baseline (it encodes every candidate entity once, then caches)")
     evaluate.add_argument("--out", type=Path, help="where results.json/.png go (default: the checkpoint)")
@@ -463,6 +490,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "'query', with 'query' entities that have no legacy vector)")
     recipes.add_argument("--overwrite", action="store_true", help="replace --out when it holds files")
     recipes.set_defaults(func=_cmd_data_recipes)
+    shop = data_sub.add_parser("shop", help="a generated two-type shop (products with legacy vectors and a price, "
+                               "boards without), skewed popularity, three tasks: to try the pipeline on")
+    shop.add_argument("--out", type=Path, required=True, help="the dataset directory to write")
+    shop.add_argument("--products", type=int, default=2000, help="product entities (default 2000)")
+    shop.add_argument("--boards", type=int, default=500, help="board entities (default 500)")
+    shop.add_argument("--train-pairs", type=int, default=20000, help="train rows (default 20000)")
+    shop.add_argument("--eval-pairs", type=int, default=2000, help="eval rows (default 2000)")
+    shop.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    shop.add_argument("--overwrite", action="store_true", help="replace --out when it holds files")
+    shop.set_defaults(func=_cmd_data_shop)
     return parser
 
 

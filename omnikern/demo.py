@@ -1,10 +1,12 @@
 """``omnikern demo``: the main job on embedded defaults.
 
 :func:`run_demo`: the recipe catalogue and all-MiniLM-L6-v2 (both from PyPI, offline) → the frozen
-256-d legacy vectors (computed once, cached in ``~/.cache/omnikern``) → a small OmniSearchSage
-trained on the CPU (the encoder's top layer, the projection, the learned item tower) → Recall@10,
-Recall@100 and MRR on held-out queries through ``omnikern.Int8Index``, against zero-shot MiniLM
-and against the legacy (fixed tower) index → a table → the trained model exported as a Triton model
+256-d legacy vectors (computed once, cached in ``~/.cache/omnikern``) → the catalogue written as a
+dataset in the documented format (``omnikern data recipes``) → a small OmniSearchSage trained on it
+on the CPU through the dataset path (``omnikern train --data``: the encoder's top layer, the
+projection, the learned recipe tower) → Recall@10, Recall@100 and MRR per task on the held-out
+pairs with bootstrap intervals (``omnikern eval --data``), against zero-shot MiniLM and the legacy
+vectors → a table → the trained model exported as a Triton model
 repository, served by the real tritonserver, queried over gRPC and checked against the in-process
 result (:func:`serve_and_query`). :func:`run_op_checks` (``--ops``) checks
 the ops against their references in seconds.
@@ -23,15 +25,15 @@ import torch
 import torch.nn.functional as F
 
 from omnikern._atomic import write_text_atomic
-from omnikern.data.queries import KINDS
+from omnikern.catalogue import catalogue_trainer, evaluate_catalogue, format_catalogue_results, iter_embeddings
+from omnikern.data.dataset import Dataset
 from omnikern.index import Int8Index
-from omnikern.models.checkpoint import load_query_tower
+from omnikern.models.checkpoint import QUERY_TOWER_DIR, load_query_tower, save_query_tower
 from omnikern.models.config import apply_overrides, load_config
-from omnikern.models.recipe_eval import evaluate_recipe_model, format_table, write_results
 from omnikern.ops.l2norm import l2_normalize
 from omnikern.ops.reference import l2_normalize_ref
 from omnikern.parity import SERVED_EMBEDDING_EPS, compare_topk, score_tolerance
-from omnikern.recipe import ABLATIONS, build_data, build_encoder, export_for_serving, recipe_trainer
+from omnikern.recipe import ABLATIONS, QUERY_ENTITY_TYPE, RECIPE_ENTITY_TYPE, serving_query_tower, write_recipe_dataset
 from omnikern.recipe import cache_dir as resolve_cache
 from omnikern.serve.client import Client
 from omnikern.serve.export import export_triton
@@ -97,22 +99,29 @@ def demo_config(cache_dir: str | None = None, steps: int | None = None, extra: l
     return load_config(None, overrides + list(extra or []))
 
 
+MODELS = (("zero_shot", "zero-shot MiniLM"), ("trained", "trained, learned tower"),
+          ("fixed", "trained query vs legacy vectors"))
+
+
 def comparison_table(results: dict, ablations: dict | None = None) -> str:
-    """Returns the headline table: Recall@10 per query kind for zero-shot MiniLM, the trained
-    model (learned tower at 256 and full dim) and the trained query on the legacy (fixed) index."""
-    towers = results["towers"]
-    full = max(towers["learned"], key=int)
-    rows = [("zero-shot MiniLM (256-d PCA)", towers["zero_shot"]["256"]["int8"])] if "zero_shot" in towers else []
-    rows += [("trained, learned tower @256", towers["learned"]["256"]["int8"]),
-             (f"trained, learned tower @{full}", towers["learned"][full]["int8"]),
-             ("trained query @256 vs legacy index", towers["fixed"]["256"]["int8"])]
-    for name, res in (ablations or {}).items():
-        rows.append((f"{name}: learned @256", res["towers"]["learned"]["256"]["int8"]))
-        rows.append((f"{name}: query @256 vs legacy", res["towers"]["fixed"]["256"]["int8"]))
-    head = f"{'Recall@10 (held-out queries)':<38}" + "".join(f"{k:>12}" for k in KINDS)
+    """Returns the headline table: Recall@10 per task (with its bootstrap 95% interval) for
+    zero-shot MiniLM, the trained model against the learned tower and against the legacy (fixed)
+    vectors, and each ablation's trained row."""
+    tasks = sorted(results["tasks"])
+    rows = [(label, {t: results["tasks"][t].get(name) for t in tasks}) for name, label in MODELS]
+    for ablation, res in (ablations or {}).items():
+        rows.append((f"{ablation}: trained", {t: res["tasks"][t]["trained"] for t in tasks}))
+    head = f"{'Recall@10 (held-out queries)':<34}" + "".join(f"{t:>24}" for t in tasks)
     lines = [head, "-" * len(head)]
-    for name, metrics in rows:
-        lines.append(f"{name:<38}" + "".join(f"{metrics[k]['recall@10']:>12.3f}" for k in KINDS))
+    for label, metrics in rows:
+        cells = []
+        for t in tasks:
+            m = metrics[t]
+            cells.append(f"{'-':>24}" if m is None else
+                         f"{m['recall@10']:.3f} [{m['recall@10_ci'][0]:.3f},{m['recall@10_ci'][1]:.3f}]".rjust(24))
+        lines.append(f"{label:<34}" + "".join(cells))
+    queries = ", ".join(f"{t} {results['tasks'][t]['queries']}" for t in tasks)
+    lines.append(f"queries per task: {queries}; [lo,hi]: bootstrap 95% interval over queries")
     return "\n".join(lines)
 
 
@@ -123,28 +132,20 @@ def _loss_curve(run: Path) -> dict[int, float]:
 
 def loss_agreement(fused_run: Path, reference_run: Path, fused: dict, reference: dict) -> dict:
     """Returns how closely two runs that differ only in the loss implementation agree: the
-    largest |Δ loss| over the logged steps (absolute and relative) and |Δ Recall@10| per tower,
-    dim and query kind (the goal: within 0.005)."""
+    largest |Δ loss| over the logged steps (absolute and relative) and |Δ Recall@10| per task and
+    model (the goal: within 0.005)."""
     a, b = _loss_curve(fused_run), _loss_curve(reference_run)
     steps = sorted(set(a) & set(b))
     deltas = [abs(a[s] - b[s]) for s in steps]
     worst = max(range(len(steps)), key=deltas.__getitem__) if steps else None
-    recall = {}
-    for tower, dims in fused["towers"].items():
-        if tower == "zero_shot":
-            continue
-        for dim, metrics in dims.items():
-            for kind, values in metrics["int8"].items():
-                other = reference["towers"][tower][dim]["int8"][kind]["recall@10"]
-                recall[f"{tower}@{dim}/{kind}"] = abs(values["recall@10"] - other)
-    pooled = [v for k, v in recall.items() if k.endswith("/all")]
+    recall = {f"{name}/{task}": abs(entry[name]["recall@10"] - reference["tasks"][task][name]["recall@10"])
+              for task, entry in fused["tasks"].items() for name in ("trained", "fixed") if name in entry}
     return {
         "steps_compared": len(steps),
         "loss_by_step": {s: [a[s], b[s]] for s in steps},
         "max_abs_loss_delta": max(deltas) if deltas else None,
         "max_rel_loss_delta": deltas[worst] / abs(a[steps[worst]]) if steps else None,
         "max_abs_recall10_delta": max(recall.values()) if recall else None,
-        "max_abs_recall10_delta_all_queries": max(pooled) if pooled else None,
         "recall10_delta": recall,
     }
 
@@ -155,14 +156,13 @@ def format_agreement(agreement: dict) -> str:
         return "fused vs reference loss: no logged steps in common (train longer than train.log_every)"
     return (f"fused vs reference loss, same seed: {agreement['steps_compared']} logged steps, largest |Δ loss| "
             f"{agreement['max_abs_loss_delta']:.2e} ({agreement['max_rel_loss_delta']:.1e} relative); largest "
-            f"|Δ Recall@10| over towers and dims on all held-out queries "
-            f"{agreement['max_abs_recall10_delta_all_queries'] or 0.0:.4f} (goal ≤ 0.005), per query kind "
-            f"{agreement['max_abs_recall10_delta']:.4f}")
+            f"|Δ Recall@10| over tasks and towers {agreement['max_abs_recall10_delta'] or 0.0:.4f} (goal ≤ 0.005)")
 
 
 def run_demo(cache_dir: str | None = None, out: str | None = None, steps: int | None = None,
              ablations: bool = False, serve: bool = True) -> int:
-    """Trains and evaluates the demo model; prints the tables; returns 0.
+    """Writes the recipe catalogue as a dataset, trains and evaluates the demo model on it through
+    the dataset path (as ``omnikern train/eval --data``), prints the tables, serves; returns 0.
 
     Raises:
         CatalogueNotInstalledError / FileNotFoundError: the catalogue or encoder package is missing.
@@ -171,22 +171,27 @@ def run_demo(cache_dir: str | None = None, out: str | None = None, steps: int | 
     config = demo_config(cache_dir, steps)
     root = Path(out) if out else resolve_cache(config) / "demo"
     print(f"omnikern demo: torch {torch.__version__}, {torch.get_num_threads()} threads, run directory {root}")
-    data = build_data(config, progress=True)
-    sizes = data.queries.sizes()
-    print(f"catalogue {len(data.recipes)} recipes ({sizes['train_recipes']} train / {sizes['eval_recipes']} eval), "
-          f"featuriser {data.featuriser_name}, legacy vectors {tuple(data.legacy.vectors.shape)} "
-          f"[{time.perf_counter() - start:.0f} s]")
+    data_dir = write_recipe_dataset(config, root / "data", query_task=True, progress=True)
+    dataset = Dataset.open(data_dir)
+    print(dataset)
+    print(f"[the recipe catalogue as a dataset: {time.perf_counter() - start:.0f} s]")
+
+    # The recipe model's task mix: query → recipe pairs of every kind in proportion to their
+    # counts, and query → query pairs a quarter as many (train.item_weight : query_weight = 4 : 1).
+    counts = dataset.tasks("train")
+    items = {task: float(n) for task, n in counts.items() if task != QUERY_ENTITY_TYPE}
+    mix = items | {QUERY_ENTITY_TYPE: sum(items.values()) / 4} if QUERY_ENTITY_TYPE in counts else items
 
     def train_and_eval(name: str, overrides: list[str], zero_shot: bool) -> dict:
-        cfg = apply_overrides(demo_config(cache_dir, steps), overrides)
+        cfg = apply_overrides(demo_config(cache_dir, steps), [f'data.path="{data_dir}"',
+                                                              f"train.task_weights={json.dumps(mix)}", *overrides])
         run = root / name
-        trainer = recipe_trainer(cfg, run, data=data, resume=run if (run / "latest.json").is_file() else None)
+        trainer = catalogue_trainer(cfg, run, resume=run if (run / "latest.json").is_file() else None)
         trainer.train()
-        baseline = build_encoder(cfg, len(data.tokenizer)) if zero_shot else None
-        results = evaluate_recipe_model(trainer.model, data, zero_shot=baseline)
-        write_results(results, run, "results")
+        results = evaluate_catalogue(trainer.model, cfg, trainer.data, zero_shot=zero_shot, progress=True)
+        write_text_atomic(run / "results.json", json.dumps(results, indent=1))
         if name == "full":
-            tower_dir, index_path = export_for_serving(trainer.model, data, run)
+            tower_dir, index_path = export_catalogue_for_serving(trainer.model, trainer.data, run)
             print(f"for serving: omnikern export-triton --checkpoint {tower_dir} --index {index_path} --out <repo>")
         print(f"[{name}: trained and evaluated, {time.perf_counter() - start:.0f} s]")
         return results
@@ -198,7 +203,7 @@ def run_demo(cache_dir: str | None = None, out: str | None = None, steps: int | 
         for name, overrides in ABLATIONS.items():
             if name != "full":
                 extra[name] = train_and_eval(name, overrides, zero_shot=False)
-    print(format_table(results))
+    print(format_catalogue_results(results))
     print()
     table = comparison_table(results, extra)
     if "reference_loss" in extra:
@@ -208,12 +213,33 @@ def run_demo(cache_dir: str | None = None, out: str | None = None, steps: int | 
     print(table)
     write_text_atomic(root / "demo_table.txt", table + "\n")
     write_text_atomic(root / "demo_results.json", json.dumps({"full": results, **extra}, indent=1))
-    served = serve_and_query(root / "full", data) if serve else None
+    served = None
+    if serve:
+        recipes = dataset.entities[RECIPE_ENTITY_TYPE]
+        titles = dict(zip(recipes.ids.tolist(), recipes.texts("title")))
+        pairs = dataset.pairs("eval")
+        texts = list(dict.fromkeys(q for q, t in zip(pairs.query, pairs.entity_type) if t == RECIPE_ENTITY_TYPE))
+        served = serve_and_query(root / "full", titles, texts)
     print(f"total {time.perf_counter() - start:.0f} s; results in {root}")
     return 1 if served is False else 0
 
 
-def serve_and_query(run: Path, data, num_queries: int = 64) -> bool:
+def export_catalogue_for_serving(model, data, directory: Path, entity_type: str = RECIPE_ENTITY_TYPE):
+    """Writes ``<directory>/query_tower/`` and ``<directory>/item_index.safetensors`` (the learned
+    embeddings of every ``entity_type`` entity, under their ids) and returns both paths."""
+    tower_dir = save_query_tower(serving_query_tower(model), directory / QUERY_TOWER_DIR)
+    ids, vectors = [], []
+    for batch, embeddings in iter_embeddings(model, data, entity_types=[entity_type]):
+        ids.append(batch.ids)
+        vectors.append(embeddings)
+    index = Int8Index(vectors[0].shape[1])
+    index.add(torch.from_numpy(np.concatenate(vectors)), torch.from_numpy(np.concatenate(ids)))
+    index_path = directory / "item_index.safetensors"
+    index.save(index_path)
+    return tower_dir, index_path
+
+
+def serve_and_query(run: Path, titles: dict[int, str], queries: list[str], num_queries: int = 64) -> bool:
     """Exports the trained model to a Triton model repository, starts the real tritonserver on
     loopback, sends held-out queries over gRPC, checks the answers against the in-process model
     and index, prints a few results and the latencies, and stops the server.
@@ -227,8 +253,7 @@ def serve_and_query(run: Path, data, num_queries: int = 64) -> bool:
         print("serving skipped: the serve extra is not installed (pip install 'omnikern[serve]')")
         return True
     repo = export_triton(run / "query_tower", run / "item_index.safetensors", run / "model_repo", overwrite=True)
-    titles = {int(recipe.id): recipe.title for recipe in data.recipes}
-    texts = [query.text for query in data.queries.eval[:num_queries]]
+    texts = queries[:num_queries]
     tower = load_query_tower(run / "query_tower")
     index = Int8Index.load(run / "item_index.safetensors")
     with torch.no_grad():

@@ -25,6 +25,7 @@ from omnikern.catalogue import (
     build_catalogue_model,
     catalogue_trainer,
     entity_documents,
+    eval_queries,
     evaluate_catalogue,
     is_catalogue_run,
     iter_embeddings,
@@ -219,6 +220,9 @@ def test_eval_json(run, shop, tmp_path, capsys):
     assert set(tasks) == {"board", "board_browse", "product_search"}
     product = tasks["product_search"]
     assert set(product) >= {"queries", "trained", "fixed", "zero_shot"} and "fixed" not in tasks["board"]
+    gain = product["trained_minus_zero_shot"]
+    assert gain["recall@10"] == pytest.approx(product["trained"]["recall@10"] - product["zero_shot"]["recall@10"])
+    assert gain["recall@10_ci"][0] <= gain["recall@10"] <= gain["recall@10_ci"][1]
     for name in ("trained", "fixed", "zero_shot"):
         m = product[name]
         for metric in ("recall@10", "recall@100", "mrr"):
@@ -306,3 +310,52 @@ def test_bad_dataset_exits_2_before_training(case, tmp_path, capsys):
 def test_too_few_pairs_per_step_is_a_clear_error(shop, tmp_path, capsys):
     assert main(["train", *cli_sets(shop, tmp_path, "train.num_pairs=4"), "--out", str(tmp_path / "r")]) == 2
     assert "leaves no pair per step" in capsys.readouterr().err
+
+
+def test_filtered_ranking_leaves_out_known_train_positives(shop, tmp_path):
+    data = build_catalogue_data(tiny_config(shop, tmp_path))
+    tasks = eval_queries(data)
+    train = data.dataset.pairs("train")
+    known = {}
+    for q, e, task in zip(train.query, train.entity_id.tolist(), train.task):
+        known.setdefault((task, q), set()).add(e)
+    checked = 0
+    for task, held_out in tasks.items():
+        ids = np.concatenate([data.features[t].ids.numpy() for t in held_out.types])
+        for text, relevant, ignore in zip(held_out.texts, held_out.relevant, held_out.ignore):
+            assert set(ids[ignore].tolist()) == known.get((task, text), set())
+            checked += bool(ignore)
+    assert checked > 5  # the shop repeats queries between splits
+    unfiltered = eval_queries(data, filtered=False)
+    assert all(not any(t.ignore) for t in unfiltered.values())
+    # A left-out row ranks nowhere: with it gone, the target moves up.
+    q, c = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.9, 0.1], [0.5, 0.5], [1.0, 0.0]])
+    assert rank_metrics(q, c, [[1]])["mrr"][0] == pytest.approx(1 / 3)
+    assert rank_metrics(q, c, [[1]], ignore=[[0, 2]])["mrr"][0] == 1.0
+    assert rank_metrics(q, c, [[1, 2]], ignore=[[2]])["mrr"][0] == 1.0  # a target is never left out
+
+
+def test_negatives_from_positives_only(shop, tmp_path):
+    data = build_catalogue_data(tiny_config(shop, tmp_path))
+    tasks, texts = train_tasks(data)
+    sampler = PairSampler(tasks, texts, np.arange(len(texts)), data.features, data.tokenizer, num_pairs=48,
+                          neg_ratio=5, negatives="positives")
+    positives = {t.candidate_type: set() for t in tasks}
+    for t in tasks:
+        positives[t.candidate_type] |= set(data.features[t.candidate_type].ids[t.candidates].tolist())
+    assert len(positives["product"]) < len(data.features["product"])  # some products were never engaged with
+    for _ in range(5):
+        for batch in sampler.sample():
+            assert set(batch.candidate_ids.tolist()) <= positives[batch.candidate_type]
+    with pytest.raises(ValueError, match="negatives must be 'all' or 'positives', got 'some'"):
+        PairSampler(tasks, texts, np.arange(len(texts)), data.features, data.tokenizer, negatives="some")
+
+
+def test_data_shop_cli(tmp_path, capsys):
+    assert main(["data", "shop", "--out", str(tmp_path / "s"), "--products", "30", "--boards", "10",
+                 "--train-pairs", "100", "--eval-pairs", "20"]) == 0
+    assert "product: 30 entities" in capsys.readouterr().out
+    assert main(["data", "shop", "--out", str(tmp_path / "s")]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert main(["data", "shop", "--out", str(tmp_path / "t"), "--products", "0"]) == 2
+    assert "--products must be at least 1, got 0" in capsys.readouterr().err

@@ -29,7 +29,11 @@ try:  # sentence-transformers >= 6 moved the losses; the old path warns
         MultipleNegativesRankingLoss,
     )
 except ImportError:  # pragma: no cover - older sentence-transformers
-    from sentence_transformers.losses import CachedMultipleNegativesRankingLoss, MatryoshkaLoss, MultipleNegativesRankingLoss
+    from sentence_transformers.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MatryoshkaLoss,
+        MultipleNegativesRankingLoss,
+    )
 
 WORDS = ("the a red blue green cat dog car house tree runs sleeps fast slow big small old new on under "
          "near over and with sky sea road city park").split()

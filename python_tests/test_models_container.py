@@ -3,7 +3,6 @@ is tested in its own file), and the full-size towers on synthetic batches of the
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from model_standins import (

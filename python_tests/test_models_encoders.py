@@ -3,7 +3,6 @@ all-MiniLM-L6-v2 with HF ``tokenizers`` behind omnikern's ``encode_batch`` inter
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

@@ -282,11 +282,15 @@ class PairSampler:
         task_weights: task -> proportion (tasks left out get none); None: each task's pair count.
         neg_ratio: random negatives per pair of an item-tower type.
         seed: seeds the generator; the same seed gives the same sequence of batches.
+        negatives: ``"all"`` draws random negatives from every entity of the type; ``"positives"``
+            only from the entities that some training pair has as its positive (entities never
+            engaged with are then never shown, not even as negatives — a held-out cold-start split).
     """
 
     def __init__(self, tasks: Sequence[TaskPairs], query_texts: Sequence[str], query_ids: np.ndarray,
                  features: Mapping[str, EntityFeatures | QueryTowerEntities], tokenizer: object, num_pairs: int = 256,
-                 task_weights: Mapping[str, float] | None = None, neg_ratio: int = 4, seed: int = 0) -> None:
+                 task_weights: Mapping[str, float] | None = None, neg_ratio: int = 4, seed: int = 0,
+                 negatives: str = "all") -> None:
         check_int("num_pairs", num_pairs, 1)
         check_int("neg_ratio", neg_ratio, 0)
         if not hasattr(tokenizer, "encode_batch"):
@@ -312,6 +316,15 @@ class PairSampler:
             group_weights[(t.task, t.candidate_type)] = task_weights.get(t.task, 0.0) * len(t) / task_total
         shares = split_pairs(num_pairs, {f"{k[0]}/{k[1]}": w for k, w in group_weights.items()})
         self.tasks = [(t, shares[f"{t.task}/{t.candidate_type}"]) for t in tasks]
+        if negatives not in ("all", "positives"):
+            raise ValueError(f"negatives must be 'all' or 'positives', got {negatives!r}")
+        # Rows of each type that random negatives come from (None: all of them). Fixed before
+        # sharding, so every rank draws from the same pool.
+        self.negative_pools: dict[str, np.ndarray | None] = {}
+        for t in tasks:
+            pool = None if negatives == "all" else np.unique(np.concatenate(
+                [u.candidates for u in tasks if u.candidate_type == t.candidate_type]))
+            self.negative_pools[t.candidate_type] = pool
         self.query_texts, self.query_ids = list(query_texts), torch.as_tensor(np.asarray(query_ids, dtype=np.int64))
         self.features, self.tokenizer, self.neg_ratio = features, tokenizer, neg_ratio
         self.rng = np.random.default_rng(seed)
@@ -337,8 +350,9 @@ class PairSampler:
         source = self.features[pairs.candidate_type]
         candidates = pairs.candidates[rows]
         if isinstance(source, EntityFeatures):
-            negatives = self.rng.integers(0, len(source), num_pairs * self.neg_ratio)
-            candidates = np.concatenate([candidates, negatives])
+            pool = self.negative_pools[pairs.candidate_type]
+            negatives = self.rng.integers(0, len(source) if pool is None else len(pool), num_pairs * self.neg_ratio)
+            candidates = np.concatenate([candidates, negatives if pool is None else pool[negatives]])
             inputs = source.gather(candidates)
         else:
             inputs = _tokenize(self.tokenizer, [source.texts[j] for j in candidates])

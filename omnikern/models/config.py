@@ -165,6 +165,8 @@ class TrainLoopConfig:
             recipe catalogue.
         task_weights: task -> proportion of each step's pairs, for a dataset (``data.path``);
             None: in proportion to each task's training pairs. Tasks left out get none.
+        negatives: for a dataset, where random negatives come from: ``"all"`` (every entity of the
+            candidate's type) or ``"positives"`` (only entities some training pair points at).
         device: ``auto`` (CUDA when present) | ``cpu`` | ``cuda``.
         bf16: bf16 autocast (on CUDA only; ignored on CPU).
         save_every: checkpoint every N steps (0: only at the end).
@@ -184,6 +186,7 @@ class TrainLoopConfig:
     item_weight: float = 4.0
     query_weight: float = 1.0
     task_weights: dict[str, float] | None = None
+    negatives: str = "all"
     device: str = "auto"
     bf16: bool = True
     save_every: int = 0

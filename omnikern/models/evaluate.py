@@ -132,10 +132,12 @@ def evaluate_topk(topk_indices: torch.Tensor | np.ndarray, queries: Sequence[Que
 
 
 def rank_metrics(query_emb: torch.Tensor, candidate_emb: torch.Tensor, relevant: Sequence[Sequence[int]],
-                 ks: Sequence[int] = DEFAULT_KS, chunk: int = 256) -> dict[str, np.ndarray]:
+                 ks: Sequence[int] = DEFAULT_KS, chunk: int = 256,
+                 ignore: Sequence[Sequence[int]] | None = None) -> dict[str, np.ndarray]:
     """Returns per-query ``recall@k`` for each k and ``mrr``, arrays (Q,), by exact inner products
     of query row i against every candidate, ranking ``relevant[i]`` (candidate rows) with the rule
-    of the module docstring (ties count against the relevant row; nothing is filtered).
+    of the module docstring (ties count against the relevant row). ``ignore[i]``: candidate rows
+    left out of query i's ranking (filtered ranking; rows that are also relevant stay).
 
     Raises:
         ValueError: shapes disagree, bad ``ks``, a query with no relevant row or one out of range.
@@ -145,6 +147,8 @@ def rank_metrics(query_emb: torch.Tensor, candidate_emb: torch.Tensor, relevant:
                          f"{tuple(candidate_emb.shape)}")
     if len(relevant) != query_emb.shape[0]:
         raise ValueError(f"relevant has {len(relevant)} entries for {query_emb.shape[0]} queries")
+    if ignore is not None and len(ignore) != len(relevant):
+        raise ValueError(f"ignore has {len(ignore)} entries for {len(relevant)} queries")
     if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
         raise ValueError(f"ks must be positive ints, got {ks!r}")
     n = candidate_emb.shape[0]
@@ -158,6 +162,9 @@ def rank_metrics(query_emb: torch.Tensor, candidate_emb: torch.Tensor, relevant:
         for offset, row in enumerate(scores):
             i = start + offset
             targets = np.asarray(relevant[i], dtype=np.int64)
+            if ignore is not None and len(ignore[i]):
+                dropped = np.setdiff1d(np.asarray(ignore[i], dtype=np.int64), targets)
+                row[dropped] = -np.inf
             ranks = (row[None, :] >= row[targets][:, None]).sum(1)
             out["mrr"][i] = 1.0 / ranks.min()
             for k in ks:
