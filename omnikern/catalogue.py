@@ -48,6 +48,15 @@ from omnikern._checks import check_int
 from omnikern.data.batches import EntityFeatures, PairSampler, QueryTowerEntities, TaskPairs
 from omnikern.data.dataset import Dataset, EntityBatch
 from omnikern.models.checkpoint import load_model_state, read_checkpoint_meta
+from omnikern.models.components import (
+    build_encoder,
+    cache_dir,
+    load_tokenizer,
+    set_trainable_layers,
+    truncating,
+    warm_frozen_cache,
+    wordpiece_featuriser,
+)
 from omnikern.models.config import Config
 from omnikern.models.container import LEARNED, QUERY_KEY, OmniSearchSage, PerKeyLoss
 from omnikern.models.encoders import QueryTower, ZeroShotEncoder
@@ -58,15 +67,6 @@ from omnikern.models.loss import SampledSoftmaxLoss
 from omnikern.models.trainer import Trainer, TrainingSetup
 from omnikern.ops.l2norm import l2_normalize
 from omnikern.ops.loss import resolve_prefixes
-from omnikern.recipe import (
-    _truncating,
-    build_encoder,
-    cache_dir,
-    load_tokenizer,
-    set_trainable_layers,
-    warm_frozen_cache,
-    wordpiece_featuriser,
-)
 from omnikern.text import NGramFeaturizer, NGramVocabs, build_ngram_vocabs, string_id_hash
 
 QUERY_TYPE = "query"  # entities of this type are embedded by the query tower
@@ -182,10 +182,10 @@ def _featuriser(config: Config, tokenizer, vocabs: NGramVocabs | None):
         raise ValueError(f"model.featuriser must be 'auto', 'ngram' or 'wordpiece', got {name!r}")
     chars = config.data.field_max_chars
     if name == "wordpiece":
-        return _truncating(wordpiece_featuriser(load_tokenizer(config, None), config.data.field_max_tokens), chars), \
+        return truncating(wordpiece_featuriser(load_tokenizer(config, None), config.data.field_max_tokens), chars), \
             len(tokenizer)
     featurizer = NGramFeaturizer.from_vocabs(vocabs)
-    return _truncating(featurizer.featurize, chars), featurizer.vocab_size
+    return truncating(featurizer.featurize, chars), featurizer.vocab_size
 
 
 def type_features(spec: TypeSpec, ids: np.ndarray, texts: dict[str, list[str]], legacy: np.ndarray | None,

@@ -71,7 +71,7 @@ def _is_catalogue_run(path) -> bool:
 def _train_catalogue(args: argparse.Namespace, config) -> int:
     from omnikern.catalogue import catalogue_trainer
     from omnikern.models.checkpoint import QUERY_TOWER_DIR, save_query_tower
-    from omnikern.recipe import serving_query_tower
+    from omnikern.models.components import serving_query_tower
 
     try:
         # Opening the dataset checks every file before any training (docs/data-format.md).
@@ -152,8 +152,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.data is not None or args.json is not None or _is_catalogue_run(args.checkpoint):
         return _eval_catalogue(args)
     from omnikern.index import Int8Index
+    from omnikern.models.components import build_encoder
     from omnikern.models.recipe_eval import evaluate_recipe_model, format_table, write_results
-    from omnikern.recipe import build_encoder, load_trained
+    from omnikern.recipe import load_trained
 
     model, config, data = load_trained(args.checkpoint)
     index = None

@@ -29,12 +29,13 @@ from omnikern.catalogue import catalogue_trainer, evaluate_catalogue, format_cat
 from omnikern.data.dataset import Dataset
 from omnikern.index import Int8Index
 from omnikern.models.checkpoint import QUERY_TOWER_DIR, load_query_tower, save_query_tower
+from omnikern.models.components import cache_dir as resolve_cache
+from omnikern.models.components import serving_query_tower
 from omnikern.models.config import apply_overrides, load_config
 from omnikern.ops.l2norm import l2_normalize
 from omnikern.ops.reference import l2_normalize_ref
 from omnikern.parity import SERVED_EMBEDDING_EPS, compare_topk, score_tolerance
-from omnikern.recipe import ABLATIONS, QUERY_ENTITY_TYPE, RECIPE_ENTITY_TYPE, serving_query_tower, write_recipe_dataset
-from omnikern.recipe import cache_dir as resolve_cache
+from omnikern.recipe import ABLATIONS, QUERY_ENTITY_TYPE, RECIPE_ENTITY_TYPE, write_recipe_dataset
 from omnikern.serve.client import Client
 from omnikern.serve.export import export_triton
 from omnikern.serve.server import TritonServer

@@ -34,17 +34,25 @@ from omnikern.data.legacy import ensure_legacy_vectors, recipe_document
 from omnikern.data.recipes import TEXT_FIELDS
 from omnikern.index import Int8Index
 from omnikern.models.checkpoint import QUERY_TOWER_DIR, load_model_state, read_checkpoint_meta, save_query_tower
+from omnikern.models.components import (
+    build_encoder,
+    cache_dir,
+    load_tokenizer,
+    serving_query_tower,
+    set_trainable_layers,
+    truncating,
+    warm_frozen_cache,
+    wordpiece_featuriser,
+)
 from omnikern.models.config import Config
 from omnikern.models.container import LEARNED, QUERY_KEY, OmniSearchSage, fresh_ids
-from omnikern.models.encoders import EMBEDDING_DIM, QueryTower, ZeroShotEncoder, load_encoder, minilm_path
+from omnikern.models.encoders import EMBEDDING_DIM, QueryTower, ZeroShotEncoder
 from omnikern.models.frozen import CachedPrefixEncoder
 from omnikern.models.item_towers import MLP_HIDDEN, FixedTower, HashEmbeddingBag, LearnedItemTower
 from omnikern.models.loss import SampledSoftmaxLoss
 from omnikern.models.recipe_eval import item_embeddings
 from omnikern.models.trainer import Trainer, TrainingSetup
-from omnikern.text import NGramFeaturizer, WordPieceTokenizer, build_ngram_vocabs
-
-DEFAULT_CACHE = Path("~/.cache/omnikern")
+from omnikern.text import NGramFeaturizer, build_ngram_vocabs
 
 # Named ablations: each is a list of overrides on top of the run's config.
 ABLATIONS = {
@@ -88,52 +96,6 @@ class RecipeData:
     vocab_size: int
 
 
-def cache_dir(config: Config) -> Path:
-    return Path(config.data.cache_dir).expanduser() if config.data.cache_dir else DEFAULT_CACHE.expanduser()
-
-
-def load_tokenizer(config: Config, max_length: int):
-    """Returns the C++ WordPiece tokenizer of the encoder (MiniLM's ``tokenizer.json``)."""
-    encoder = config.model.encoder
-    root = minilm_path() if encoder in ("minilm", "tiny") else Path(encoder)
-    path = root / "tokenizer.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"model.encoder {encoder!r}: no tokenizer.json in {root}")
-    return WordPieceTokenizer.from_tokenizer_json(path, max_length=max_length)
-
-
-def build_encoder(config: Config, vocab_size: int) -> nn.Module:
-    """Returns the HF encoder named by ``model.encoder`` (``"tiny"``: random small BERT, seeded)."""
-    encoder = config.model.encoder
-    if encoder == "tiny":
-        import transformers  # the data extra
-
-        h = config.model.tiny_hidden
-        bert = transformers.BertConfig(vocab_size=vocab_size, hidden_size=h, num_hidden_layers=2,
-                                       num_attention_heads=2, intermediate_size=2 * h, max_position_embeddings=128)
-        return transformers.BertModel(bert)  # with the pooler, as HF checkpoints (and the serving loader) have it
-    return load_encoder(None if encoder == "minilm" else encoder)
-
-
-def _truncating(featurise, max_chars: int):
-    def run(texts: list[str]):
-        return featurise([t[:max_chars] for t in texts])
-    return run
-
-
-def wordpiece_featuriser(tokenizer, max_tokens: int):
-    """Returns ``texts -> {"input_ids" (N,), "offsets" (B,)}``: each text's WordPiece ids without
-    [CLS]/[SEP], at most ``max_tokens``."""
-
-    def featurise(texts: list[str]) -> dict[str, np.ndarray]:
-        rows = [tokenizer.encode(t)[1:-1][:max_tokens] for t in texts]
-        lengths = np.array([len(r) for r in rows], dtype=np.int64)
-        ids = np.fromiter((i for r in rows for i in r), dtype=np.int64, count=int(lengths.sum()))
-        return {"input_ids": ids, "offsets": np.cumsum(lengths) - lengths}
-
-    return featurise
-
-
 def build_data(config: Config, progress: bool = False) -> RecipeData:
     """Loads the catalogue, builds the query sets, the cached legacy vectors and the features.
 
@@ -172,7 +134,7 @@ def build_data(config: Config, progress: bool = False) -> RecipeData:
     else:
         featurise = wordpiece_featuriser(load_tokenizer(config, None), d.field_max_tokens)
         vocab_size, featuriser_name = len(tokenizer), "wordpiece"
-    features = RecipeFeatures(recipes, _truncating(featurise, d.field_max_chars), legacy.vectors)
+    features = RecipeFeatures(recipes, truncating(featurise, d.field_max_chars), legacy.vectors)
     return RecipeData(recipes, queries, legacy, features, tokenizer, featuriser_name, int(vocab_size))
 
 
@@ -249,20 +211,6 @@ def build_model(config: Config, data: RecipeData) -> nn.Module:
     return model
 
 
-def set_trainable_layers(query_tower: nn.Module, layers: int) -> None:
-    """Freezes the encoder except its top ``layers`` transformer layers (-1: nothing frozen)."""
-    encoder = query_tower.encoder
-    if layers < 0:
-        encoder.requires_grad_(True)
-        return
-    encoder.requires_grad_(False)
-    blocks = getattr(getattr(encoder, "encoder", None), "layer", None)
-    if blocks is None:
-        raise ValueError(f"model.train_encoder_layers={layers} needs a BERT-style encoder.layer list")
-    for block in list(blocks)[len(blocks) - layers:] if layers else []:
-        block.requires_grad_(True)
-
-
 def build_recipe_model(
     query_tower: nn.Module,
     loss: Callable[..., object],
@@ -320,18 +268,6 @@ def recipe_trainer(config: Config, run_dir: str | Path, data: RecipeData | None 
     return Trainer(config, run_dir, recipe_setup(data), resume=resume)
 
 
-@torch.no_grad()
-def warm_frozen_cache(model: nn.Module, texts: Sequence[str], chunk: int = 512, progress: bool = False) -> None:
-    """Fills the query tower's frozen-layer cache (a :class:`~omnikern.models.frozen.CachedPrefixEncoder`)
-    with every training query once, in big batches rather than one sampled batch at a time; does
-    nothing when the encoder has no cache."""
-    tower = model.tower(QUERY_KEY)
-    if not hasattr(tower.encoder, "cache"):
-        return
-    for start in tqdm(range(0, len(texts), chunk), desc="caching frozen layers", unit="batch", disable=not progress):
-        tower.encoder(**tower.tokenize(texts[start:start + chunk]))
-
-
 def load_trained(path: str | Path, data: RecipeData | None = None, device: str = "cpu"):
     """Returns ``(model, config, data)`` from a checkpoint (or run directory) for evaluation.
 
@@ -344,17 +280,6 @@ def load_trained(path: str | Path, data: RecipeData | None = None, device: str =
     model = build_model(config, data)
     load_model_state(model, ckpt)
     return model.to(device).eval(), config, data
-
-
-def serving_query_tower(model: nn.Module) -> QueryTower:
-    """Returns the trained query tower as a plain :class:`QueryTower` on the CPU (the frozen-layer
-    cache wrapper removed), ready for :func:`~omnikern.models.checkpoint.save_query_tower`."""
-    tower = model.tower(QUERY_KEY)
-    encoder = getattr(tower.encoder, "inner", tower.encoder)  # unwrap CachedPrefixEncoder
-    plain = QueryTower(encoder, tokenizer=tower.tokenizer, pooling=tower.pooling_name, output_dim=tower.output_dim,
-                       output_dtype=tower.output_dtype, normalize_pooled=tower.normalize_pooled)
-    plain.proj.load_state_dict(tower.proj.state_dict())
-    return plain.cpu().eval()
 
 
 def export_for_serving(model: nn.Module, data: RecipeData, directory: str | Path) -> tuple[Path, Path]:

@@ -41,20 +41,29 @@ def test_demo_passes(capsys):
 
 
 def test_loss_agreement_of_two_runs(tmp_path):
-    from omnikern.demo import format_agreement, loss_agreement
+    from omnikern.demo import comparison_table, format_agreement, loss_agreement
 
     def run(name, losses, recall):
         directory = tmp_path / name
         directory.mkdir()
         lines = ["step,seconds,loss"] + [f"{10 * (i + 1)},0.0,{v}" for i, v in enumerate(losses)]
         (directory / "scalars.csv").write_text("\n".join(lines) + "\n")
-        metrics = {"int8": {"category": {"recall@10": recall}, "known_item": {"recall@10": 0.9}}}
-        return directory, {"towers": {"learned": {"256": metrics}, "zero_shot": {"256": metrics}}}
+
+        def metrics(value):
+            return {"recall@10": value, "recall@10_ci": [value - 0.1, value + 0.1]}
+
+        return directory, {"tasks": {"category": {"queries": 40, "trained": metrics(recall), "fixed": metrics(0.4),
+                                                  "zero_shot": metrics(0.3)},
+                                     "query": {"queries": 9, "trained": metrics(0.9), "zero_shot": metrics(0.1)}}}
 
     (a, ra), (b, rb) = run("a", [5.0, 4.0, 3.0], 0.50), run("b", [5.0, 4.5, 3.0], 0.52)
     agreement = loss_agreement(a, b, ra, rb)
     assert agreement["steps_compared"] == 3 and agreement["max_abs_loss_delta"] == 0.5
     assert agreement["max_rel_loss_delta"] == 0.5 / 4.0
-    assert agreement["recall10_delta"] == {"learned@256/category": pytest.approx(0.02), "learned@256/known_item": 0.0}
-    assert agreement["max_abs_recall10_delta_all_queries"] is None  # no pooled "all" rows here
+    assert agreement["recall10_delta"] == {"trained/category": pytest.approx(0.02), "fixed/category": 0.0,
+                                           "trained/query": 0.0}
     assert "0.0200" in format_agreement(agreement)
+    table = comparison_table(ra, {"seed_1": rb}).splitlines()
+    assert table[2].split()[-4:] == ["0.300", "[0.200,0.400]", "0.100", "[0.000,0.200]"]
+    assert table[4].endswith("-")  # no legacy vectors for the query task
+    assert "seed_1: trained" in table[5] and "0.520" in table[5]

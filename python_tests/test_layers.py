@@ -35,8 +35,7 @@ LAYERS = [
     ("omnikern.data",),
     ("omnikern.models",),
     ("omnikern.serve", "omnikern.integrations"),
-    ("omnikern.recipe",),
-    ("omnikern.catalogue",),
+    ("omnikern.recipe", "omnikern.catalogue"),
     ("omnikern.cli", "omnikern.demo", "omnikern.__main__"),
 ]
 

@@ -457,9 +457,9 @@ def test_ngram_featuriser_feeds_the_item_tower(workdir, tmp_path):
 def test_legacy_init_starts_at_the_zero_shot_model(workdir, data, tmp_path):
     """Before any step, the learned item tower returns the legacy vector (zero-padded) and the
     query embedding's legacy_dim prefix is the legacy PCA of the zero-shot encoding."""
+    from omnikern.models.components import build_encoder, load_tokenizer
     from omnikern.models.encoders import ZeroShotEncoder
     from omnikern.models.recipe_eval import item_embeddings
-    from omnikern.recipe import build_encoder, load_tokenizer
 
     config = tiny_config(workdir, "train.steps=1")
     assert config.model.legacy_init
