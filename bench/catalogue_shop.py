@@ -17,18 +17,23 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+# bench/kernels.py would shadow the `kernels` package that transformers imports.
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != BENCH_DIR]
 
-from omnikern.catalogue import catalogue_trainer, evaluate_catalogue, format_catalogue_results
-from omnikern.data.shop import write_shop
-from omnikern.demo import demo_config
-from omnikern.models.config import apply_overrides
+import torch  # noqa: E402
+
+from omnikern.catalogue import catalogue_trainer, evaluate_catalogue, format_catalogue_results  # noqa: E402
+from omnikern.data.shop import write_shop  # noqa: E402
+from omnikern.demo import demo_config  # noqa: E402
+from omnikern.models.config import apply_overrides  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "catalogue_shop_cpu.json"
 
