@@ -359,3 +359,36 @@ def test_data_shop_cli(tmp_path, capsys):
     assert "exists and is not empty" in capsys.readouterr().err
     assert main(["data", "shop", "--out", str(tmp_path / "t"), "--products", "0"]) == 2
     assert "--products must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_killed_process_resumes_from_its_last_checkpoint(shop, tmp_path):
+    """A real SIGKILL mid-run: `omnikern train --resume RUN` continues from the last checkpoint and
+    the run ends with every step logged once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    args = cli_sets(shop, tmp_path / "cache", "train.save_every=2", "train.steps=400")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "omnikern", "train", *args, "--out", str(run)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        latest = run / "latest.json"
+        if latest.is_file() and json.loads(latest.read_text()).get("step", 0) >= 4:
+            break
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    saved = json.loads((run / "latest.json").read_text())["step"]
+    assert 4 <= saved < 400
+    assert main(["train", *cli_sets(shop, tmp_path / "cache", "train.steps=" + str(saved + 4)),
+                 "--resume", str(run), "--out", str(run)]) == 0
+    assert json.loads((run / "latest.json").read_text())["step"] == saved + 4
+    steps = [int(line.split(",")[0]) for line in (run / "scalars.csv").read_text().splitlines()[1:]]
+    assert steps[-4:] == list(range(saved + 1, saved + 5))
+    assert sorted(set(steps)) == list(range(1, saved + 5))  # every step logged, the killed tail redone
