@@ -392,3 +392,19 @@ def test_killed_process_resumes_from_its_last_checkpoint(shop, tmp_path):
     steps = [int(line.split(",")[0]) for line in (run / "scalars.csv").read_text().splitlines()[1:]]
     assert steps[-4:] == list(range(saved + 1, saved + 5))
     assert sorted(set(steps)) == list(range(1, saved + 5))  # every step logged, the killed tail redone
+
+
+def test_sampler_shards_every_task_by_rank(shop, tmp_path):
+    data = build_catalogue_data(tiny_config(shop, tmp_path))
+    tasks, texts = train_tasks(data)
+    halves = []
+    for rank in range(2):
+        sampler = PairSampler(tasks, texts, np.arange(len(texts)), data.features, data.tokenizer, num_pairs=48)
+        sampler.shard(rank, 2)
+        halves.append({t.task: t for t, _ in sampler.tasks})
+    for t in tasks:
+        a, b = halves[0][t.task], halves[1][t.task]
+        assert len(a) + len(b) == len(t)
+        assert np.array_equal(np.sort(np.concatenate([a.candidates, b.candidates])), np.sort(t.candidates))
+    with pytest.raises(ValueError, match=r"rank must be in \[0, world=2\), got 2"):
+        sampler.shard(2, 2)
