@@ -21,6 +21,7 @@ _EXPORTS = {
     "load_zero_shot": "omnikern.models.encoders:zero_shot_tower",
     # scoring
     "Int8Index": "omnikern.index",
+    "ShardedIndex": "omnikern.sharded_index",
     "dequantize_int8": "omnikern.ops.int8",
     "int8_topk": "omnikern.ops.int8",
     "quantize_int8": "omnikern.ops.int8",

@@ -50,6 +50,37 @@ def _checksum(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def rerank_shortlist(queries: torch.Tensor, candidates: torch.Tensor, pos: torch.Tensor, k: int,
+                     dim: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-scores an int8 shortlist exactly and returns its best ``k``: ``(scores float32 (Q, k),
+    pos (Q, k))``.
+
+    Args:
+        queries: (Q, D) float queries; candidates: (Q, m, D) the shortlist's float vectors;
+        pos: (Q, m) the shortlist's positions (insertion order; -1 = missing slot), which also
+            order equal scores (lower first); dim: None (inner product) or the prefix for cosine.
+    """
+    d = queries.shape[1] if dim is None else dim
+    q = queries[:, :d].double()
+    cand = candidates[:, :, :d].double()
+    exact = torch.einsum("qd,qmd->qm", q, cand)
+    if dim is not None:
+        denom = q.norm(dim=1, keepdim=True) * cand.norm(dim=2)
+        exact = torch.where(denom > 0, exact / torch.where(denom > 0, denom, 1.0), torch.zeros_like(exact))
+    exact = torch.where(pos >= 0, exact, torch.full_like(exact, float("-inf")))
+    # Order by position first, then a stable sort by score: equal scores keep lower position first.
+    by_pos = torch.argsort(torch.where(pos >= 0, pos, torch.iinfo(torch.int64).max), dim=1, stable=True)
+    exact, pos = exact.gather(1, by_pos), pos.gather(1, by_pos)
+    values, order = torch.sort(exact, dim=1, descending=True, stable=True)
+    values, pos = values[:, :k], pos.gather(1, order[:, :k])
+    if values.shape[1] < k:
+        pad = k - values.shape[1]
+        values = torch.cat([values, values.new_full((values.shape[0], pad), float("-inf"))], dim=1)
+        pos = torch.cat([pos, pos.new_full((pos.shape[0], pad), -1)], dim=1)
+    pos = torch.where(torch.isinf(values) & (values < 0), torch.full_like(pos, -1), pos)
+    return values.float(), pos
+
+
 class Int8Index:
     """Exact top-k search over int8-quantised embeddings, addressed by int64 ids.
 
@@ -198,14 +229,29 @@ class Int8Index:
         if rerank and not self.keep_float:
             raise ValueError(f"rerank={rerank} needs the float vectors: build the index with keep_float=True")
         check_int("k", k)
-        queries = queries.to(self.device)
-        exclude = None if exclude_ids is None else self._positions(exclude_ids, queries.shape[0])
-        shortlist = max(k, rerank) if rerank else k
-        scores, pos = int8_topk(queries, self.codes, self.scales, shortlist, dim, exclude, impl=impl)
+        scores, pos = self.search_positions(queries, max(k, rerank) if rerank else k, dim, exclude_ids=exclude_ids,
+                                            impl=impl)
         if rerank:
-            scores, pos = self._rerank(queries, pos, k, dim)
+            queries = queries.to(self.device)
+            scores, pos = rerank_shortlist(queries, self.vectors[pos.clamp_min(0)], pos, k, dim)
         ids = torch.where(pos >= 0, self.ids[pos.clamp_min(0)], torch.full_like(pos, -1))
         return scores, ids
+
+    def search_positions(self, queries, k: int, dim: int | None = None, *, exclude_ids=None,
+                         impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+        """The int8 search of :meth:`search` without re-ranking, returning row positions (insertion
+        order, -1 for missing slots) instead of ids: what a sharded index merges.
+
+        Raises:
+            ValueError: as :meth:`search`.
+        """
+        queries = _as_tensor(queries, "queries")
+        if self._size == 0:
+            raise ValueError("the index is empty: add vectors before searching")
+        check_int("k", k)
+        queries = queries.to(self.device)
+        exclude = None if exclude_ids is None else self._positions(exclude_ids, queries.shape[0])
+        return int8_topk(queries, self.codes, self.scales, k, dim, exclude, impl=impl)
 
     def _positions(self, exclude_ids, num_queries: int) -> torch.Tensor:
         """Row positions (Q,) of the ids to exclude, -1 where an id is not in the index."""
@@ -218,27 +264,6 @@ class Int8Index:
         sorted_ids, order = torch.sort(self.ids)
         at = torch.searchsorted(sorted_ids, ids).clamp_max(self._size - 1)
         return torch.where(sorted_ids[at] == ids, order[at], torch.full_like(ids, -1))
-
-    def _rerank(self, queries: torch.Tensor, pos: torch.Tensor, k: int, dim: int | None):
-        d = self.dim if dim is None else dim
-        q = queries[:, :d].double()
-        cand = self.vectors[pos.clamp_min(0), :d].double()  # (Q, m, d)
-        exact = torch.einsum("qd,qmd->qm", q, cand)
-        if dim is not None:
-            denom = q.norm(dim=1, keepdim=True) * cand.norm(dim=2)
-            exact = torch.where(denom > 0, exact / torch.where(denom > 0, denom, 1.0), torch.zeros_like(exact))
-        exact = torch.where(pos >= 0, exact, torch.full_like(exact, float("-inf")))
-        # Order by position first, then a stable sort by score: equal scores keep lower position first.
-        by_pos = torch.argsort(torch.where(pos >= 0, pos, torch.iinfo(torch.int64).max), dim=1, stable=True)
-        exact, pos = exact.gather(1, by_pos), pos.gather(1, by_pos)
-        values, order = torch.sort(exact, dim=1, descending=True, stable=True)
-        values, pos = values[:, :k], pos.gather(1, order[:, :k])
-        if values.shape[1] < k:
-            pad = k - values.shape[1]
-            values = torch.cat([values, values.new_full((values.shape[0], pad), float("-inf"))], dim=1)
-            pos = torch.cat([pos, pos.new_full((pos.shape[0], pad), -1)], dim=1)
-        pos = torch.where(torch.isinf(values) & (values < 0), torch.full_like(pos, -1), pos)
-        return values.float(), pos
 
     # ------------------------------------------------------------------------------------------
     # Persistence

@@ -31,7 +31,7 @@ PACKAGE = Path(omnikern.__file__).parent
 LAYERS = [
     ("omnikern._C", "omnikern._atomic", "omnikern._lazy", "omnikern._checks"),
     ("omnikern.ops", "omnikern.text"),
-    ("omnikern.index", "omnikern.parity"),
+    ("omnikern.index", "omnikern.parity", "omnikern.sharded_index", "omnikern.distributed"),
     ("omnikern.data",),
     ("omnikern.models",),
     ("omnikern.serve", "omnikern.integrations"),
