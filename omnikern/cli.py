@@ -148,6 +148,22 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_index_build(args: argparse.Namespace) -> int:
+    from omnikern.data.embeddings import build_index_set
+
+    if not _out_is_free("index build", Path(args.out), args.overwrite):
+        return 2
+    try:
+        indexes = build_index_set(args.embeddings, args.out, args.entity_type or None, shards=args.shards,
+                                  keep_float=args.keep_float)
+    except (FileNotFoundError, ValueError) as error:
+        return _fail("index build", error)
+    for name, index in indexes.items():
+        print(f"{name}: {len(index)} rows of dim {index.dim} in {len(index.shards)} shards")
+    print(f"wrote the index set to {args.out} (serve it: omnikern export-triton --index {args.out})")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     if args.data is not None or args.json is not None or _is_catalogue_run(args.checkpoint):
         return _eval_catalogue(args)
@@ -423,6 +439,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only this entity type; repeatable (default: all)")
     embed.add_argument("--batch-rows", type=int, default=4096, help="entities per batch (default 4096)")
     embed.set_defaults(func=_cmd_embed)
+
+    index = sub.add_parser("index", help="build int8 indexes from embeddings")
+    index_sub = index.add_subparsers(dest="index_command", metavar="INDEX_COMMAND", required=True,
+                                     help="what to do")
+    build = index_sub.add_parser("build", help="one int8 index per entity type (an index set) from the embeddings "
+                                 "omnikern embed wrote")
+    build.add_argument("embeddings", type=Path, help="the embeddings directory (omnikern embed --out)")
+    build.add_argument("--out", type=Path, required=True, help="the index set directory to write")
+    build.add_argument("--entity-type", action="append", default=[], metavar="TYPE",
+                       help="only this entity type; repeatable (default: all)")
+    build.add_argument("--shards", type=int, default=1, help="shards per entity type, searched in parallel (default 1)")
+    build.add_argument("--keep-float", action="store_true", help="also keep the float vectors (4·D bytes per row) "
+                       "for exact re-ranking")
+    build.add_argument("--overwrite", action="store_true", help="write into --out even when it holds files")
+    build.set_defaults(func=_cmd_index_build)
 
     export = sub.add_parser("export-triton", help="write a Triton Inference Server model repository")
     export.add_argument("--checkpoint", help="query-tower directory: query_tower.json + query_tower.safetensors + "

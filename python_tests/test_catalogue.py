@@ -408,3 +408,54 @@ def test_sampler_shards_every_task_by_rank(shop, tmp_path):
         assert np.array_equal(np.sort(np.concatenate([a.candidates, b.candidates])), np.sort(t.candidates))
     with pytest.raises(ValueError, match=r"rank must be in \[0, world=2\), got 2"):
         sampler.shard(2, 2)
+
+
+def test_embed_and_index_build(run, shop, tmp_path, capsys, monkeypatch):
+    """`embed` by two ranks (as torchrun would start them), a rank rerun alone, then `index build`:
+    the index set holds every entity's learned embedding under its id."""
+    from omnikern.data.embeddings import read_embeddings
+    from omnikern.sharded_index import read_index_set
+
+    emb = tmp_path / "emb"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["embed", str(run), "--out", str(emb), "--batch-rows", "16"]) == 0
+    assert "waits for the other ranks" in capsys.readouterr().out and not (emb / "manifest.json").exists()
+    monkeypatch.setenv("RANK", "0")
+    assert main(["embed", str(run), "--out", str(emb), "--batch-rows", "16"]) == 0
+    assert (emb / "manifest.json").is_file()
+    # A rank whose part was lost is not complete: rerunning it alone rewrites it.
+    first = sorted(emb.glob("rank-00001-part-*.parquet"))[0]
+    first.unlink()
+    monkeypatch.setenv("RANK", "1")
+    assert main(["embed", str(run), "--out", str(emb), "--batch-rows", "16"]) == 0
+    assert first.is_file()
+    monkeypatch.setenv("RANK", "0")
+    assert main(["embed", str(run), "--out", str(emb), "--batch-rows", "16"]) == 0
+    assert "rank 0 of 2 is already complete" in capsys.readouterr().out
+    embeddings = read_embeddings(emb)
+    assert embeddings.count() == 80 and embeddings.entity_types == ["board", "product"]
+    model, _, data = load_catalogue_run(run)
+    expected = {}
+    for batch, vectors in iter_embeddings(model, data):
+        expected.update(zip(batch.ids.tolist(), vectors))
+    for ids, _, vectors in embeddings.iter_batches():
+        for i, v in zip(ids.tolist(), vectors):
+            assert np.allclose(v, expected[i], atol=1e-5)
+
+    index_dir = tmp_path / "index"
+    assert main(["index", "build", str(emb), "--out", str(index_dir), "--shards", "2"]) == 0
+    indexes = read_index_set(index_dir)
+    assert sorted(indexes) == ["board", "product"] and len(indexes["product"]) == 60
+    product_ids = sorted(i for i in expected if i < 5000)
+    query = torch.from_numpy(np.stack([expected[product_ids[0]]]))
+    _, found = indexes["product"].search(query, 1)
+    assert found.item() == product_ids[0]
+    # Bad input: an unknown type, a used --out, unfinished embeddings.
+    assert main(["index", "build", str(emb), "--out", str(tmp_path / "x"), "--entity-type", "pin"]) == 2
+    assert "entity types ['pin'] have no embeddings" in capsys.readouterr().err
+    assert main(["index", "build", str(emb), "--out", str(index_dir)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    (emb / "manifest.json").unlink()
+    assert main(["index", "build", str(emb), "--out", str(tmp_path / "y")]) == 2
+    assert "not a finished embeddings directory" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import pytest
 
 from omnikern.cli import main
 
-SUBCOMMANDS = ["train", "eval", "embed", "export-triton", "serve", "query", "demo", "data"]
+SUBCOMMANDS = ["train", "eval", "embed", "index", "export-triton", "serve", "query", "demo", "data"]
 
 
 def test_help_lists_subcommands():
