@@ -99,6 +99,10 @@ def _eval_catalogue(args: argparse.Namespace) -> int:
     from omnikern._atomic import write_bytes_atomic
     from omnikern.catalogue import evaluate_catalogue, format_catalogue_results, load_catalogue_run
 
+    if args.index is not None:
+        return _fail("eval", ValueError("--index is for runs on the recipe catalogue; a run trained with --data is "
+                                        "scored on exact embeddings of every entity"))
+
     try:
         model, config, data = load_catalogue_run(args.checkpoint, args.data)
     except (FileNotFoundError, ValueError) as error:

@@ -459,3 +459,8 @@ def test_embed_and_index_build(run, shop, tmp_path, capsys, monkeypatch):
     (emb / "manifest.json").unlink()
     assert main(["index", "build", str(emb), "--out", str(tmp_path / "y")]) == 2
     assert "not a finished embeddings directory" in capsys.readouterr().err
+
+
+def test_eval_refuses_an_index_for_a_dataset_run(run, capsys):
+    assert main(["eval", str(run), "--index", "x.safetensors"]) == 2
+    assert "--index is for runs on the recipe catalogue" in capsys.readouterr().err
