@@ -464,3 +464,46 @@ def test_embed_and_index_build(run, shop, tmp_path, capsys, monkeypatch):
 def test_eval_refuses_an_index_for_a_dataset_run(run, capsys):
     assert main(["eval", str(run), "--index", "x.safetensors"]) == 2
     assert "--index is for runs on the recipe catalogue" in capsys.readouterr().err
+
+
+GLOO_WORKER = """
+import sys
+from pathlib import Path
+from safetensors.torch import save_file
+sys.path.insert(0, {tests!r})
+from test_catalogue import tiny_config
+from omnikern.catalogue import catalogue_trainer
+trainer = catalogue_trainer(tiny_config(Path({data!r}), Path({cache!r}), "train.steps=3"), Path({out!r}))
+trainer.train()
+state = {{k: v.contiguous() for k, v in trainer.model.state_dict().items()}}
+save_file(state, {out!r} + f"/rank{{trainer.rank}}.safetensors")
+print("pairs", trainer.rank, sum(len(t) for t, _ in trainer.sampler.tasks))
+trainer.close()
+"""
+
+
+def test_two_gloo_ranks_train_on_a_dataset(shop, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = GLOO_WORKER.format(tests=str(Path(__file__).parent), data=str(shop), cache=str(tmp_path / "cache"),
+                                out=str(tmp_path / "run"))
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    a, b = (load_file(str(tmp_path / "run" / f"rank{r}.safetensors")) for r in range(2))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    pairs = sorted(int(line.split()[2]) for out in outputs for line in out.splitlines() if line.startswith("pairs"))
+    assert sum(pairs) == 384 and pairs[1] - pairs[0] <= 3  # each rank its half of every task
