@@ -237,15 +237,16 @@ def test_score_equals_the_index_search(model):
     q[5] = model["index"].codes[ROWS - 1].float().numpy() / 127  # the row with the negative id scores best
     items = [step.check(q[:2], np.full((2, 1), 3, np.int32)), step.check(q[2:3], None),
              step.check(q[3:5], np.full((2, 1), 60, np.int32)), step.check(q[5:6], np.full((1, 1), 1, np.int32))]
-    assert [k for _, k in items] == [3, 5, 60, 1]
+    assert [k for _, k, _ in items] == [3, 5, 60, 1] and {t for _, _, t in items} == {None}
     results = step.run(items)
-    for (x, k), (scores, ids) in zip(items, results):
+    for (x, k, _), (scores, ids, types) in zip(items, results):
+        assert types.dtype == object and set(types[ids >= 0].tolist()) <= {b"item"} and set(types[ids < 0]) <= {b""}
         want_scores, want_ids = index_search(model["index"], x, k)
         assert scores.dtype == np.float32 and ids.dtype == np.int64 and scores.shape == ids.shape == (x.shape[0], k)
         np.testing.assert_array_equal(ids, want_ids)
         np.testing.assert_array_equal(scores, want_scores)
     # k = 60 > 40 rows: the last 20 slots are the gap marker
-    scores, ids = results[2]
+    scores, ids, _ = results[2]
     assert np.isneginf(scores[:, ROWS:]).all() and (ids[:, ROWS:] == -1).all() and np.isfinite(scores[:, :ROWS]).all()
     assert sorted(ids[0, :ROWS].tolist()) == sorted(model["index"].ids.tolist())
     assert results[3][1].tolist() == [[-5]]
@@ -258,19 +259,20 @@ def test_search_end_to_end(model):
     items = [step.check(text_array(rows), None if k is None else np.full((len(rows), 1), k, np.int32))
              for rows, k in requests]
     results = step.run(items)
-    for (rows, k), (scores, ids) in zip(requests, results):
+    for (rows, k), (scores, ids, _) in zip(requests, results):
         k = 5 if k is None else k
         want_embedding = tower.encode(rows)
         want_scores, want_ids = index_search(index, want_embedding, k)
         assert scores.shape == ids.shape == (len(rows), k)
         assert_same_answer(index, want_embedding, scores, ids, want_scores, want_ids, EMB_ATOL)
     # the three step models by hand, on the same batch, give the very same arrays
-    tokens = build(Tokenize, model["repo"] / C.TOKENIZER).run([rows for rows, _ in items])
+    tokens = build(Tokenize, model["repo"] / C.TOKENIZER).run([rows for rows, _, _ in items])
     embeddings = build(Encode, model["repo"] / C.QUERY_ENCODER).run(tokens)
-    by_hand = build(Score, model["repo"] / C.SCORER).run([(e, k) for (e,), (_, k) in zip(embeddings, items)])
-    for (scores, ids), (want_scores, want_ids) in zip(results, by_hand):
+    by_hand = build(Score, model["repo"] / C.SCORER).run([(e, k, t) for (e,), (_, k, t) in zip(embeddings, items)])
+    for (scores, ids, types), (want_scores, want_ids, want_types) in zip(results, by_hand):
         np.testing.assert_array_equal(scores, want_scores)
         np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(types, want_types)
 
 
 def test_search_checks_text_and_k_before_any_work(model):
@@ -281,7 +283,7 @@ def test_search_checks_text_and_k_before_any_work(model):
         step.check(text_array(["soup", "pie"]), np.full((1, 1), 3, np.int32))
     with pytest.raises(RequestError, match=r"^text\[0\] is not valid UTF-8 \(byte 0\)$"):
         step.check(text_array([b"\xff"]), None)
-    assert step.check(text_array(["soup"]), None) == ([b"soup"], 5)
+    assert step.check(text_array(["soup"]), None) == ([b"soup"], 5, None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,13 +12,20 @@ tensor             type       dims        meaning
 =================  =========  ==========  =====================================================
 ``text``           BYTES      [1]         one UTF-8 query per row, at most MAX_TEXT_BYTES bytes
 ``k``              INT32      [1]         optional: results per row, 1..max_k, same on every row
+``entity_type``    BYTES      [1]         optional: search only this entity type's index (same on
+                                          every row); absent: every served type, merged by score
 ``input_ids``      INT64      [-1]        WordPiece ids (B, T), padded with the [PAD] id (the
                                           tokenizer pads every row to T = its max length)
 ``attention_mask`` INT64      [-1]        1 for tokens, 0 for padding (B, T)
 ``embedding``      FP32       [D]         L2-normalised query embedding (B, D)
 ``scores``         FP32       [-1]        (B, k) best first; ``-inf`` where the index has < k rows (the gap marker)
 ``ids``            INT64      [-1]        (B, k) item ids (may be negative); ``-1`` in the gaps
+``entity_types``   BYTES      [-1]        (B, k) the entity type each id comes from; ``""`` in the gaps
 =================  =========  ==========  =====================================================
+
+A repository serves one index per entity type (an index set, :mod:`omnikern.sharded_index`) or one
+``Int8Index`` file, whose type is ``item``. Without ``entity_type`` the per-type top-k lists are
+merged by score; equal scores keep the entity types in sorted order, then each index's own order.
 
 A request that leaves out ``text`` is refused by the server with INVALID_ARGUMENT, but the message
 depends on the other inputs: with none at all Triton says "missing required input(s) ['text']";
@@ -45,6 +52,8 @@ ENCODE = "encode"  # ensemble: text -> embedding
 # ---- tensor names ----
 TEXT = "text"
 K = "k"
+ENTITY_TYPE = "entity_type"
+ENTITY_TYPES = "entity_types"
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 EMBEDDING = "embedding"
@@ -60,6 +69,8 @@ REQUIRED_INPUTS = {OMNISEARCH: (TEXT,), ENCODE: (TEXT,)}
 WORDPIECE_FILE = "wordpiece.json"  # the tokenizer's: WordPieceTokenizer.save output
 ENCODER_ONNX_FILE = "query_tower.onnx"  # the tower as one ONNX graph (encoder_runtime="onnx")
 INDEX_FILE = "index.safetensors"  # Int8Index.save output
+INDEX_DIR = "index"  # or an index set / sharded index directory (omnikern.sharded_index)
+SINGLE_INDEX_TYPE = "item"  # the entity type of a repository that serves one Int8Index file
 
 # ---- limits ----
 # A query longer than this is refused, not truncated: 4 KiB is ~40x the longest recipe title and
@@ -183,6 +194,32 @@ def check_k(k: np.ndarray | None, rows: int, default: int, max_k: int = MAX_K) -
     value = int(values[0])
     if not 1 <= value <= max_k:
         raise RequestError(f"{K} must be in 1..{max_k}, got {value}")
+    return value
+
+
+def check_entity_type(entity_type: np.ndarray | None, rows: int, served: Sequence[str]) -> str | None:
+    """Returns the request's entity type, or None (search every served type) when the optional
+    ``entity_type`` input is absent.
+
+    Raises:
+        RequestError: not BYTES of shape (rows, 1), rows disagreeing, invalid UTF-8, or a type not
+            served (the message lists the served ones).
+    """
+    if entity_type is None:
+        return None
+    if entity_type.dtype != np.object_:
+        raise RequestError(f"{ENTITY_TYPE} must be BYTES, got {entity_type.dtype}")
+    if entity_type.shape != (rows, 1):
+        raise RequestError(f"{ENTITY_TYPE} must have shape ({rows}, 1), one per row, got {entity_type.shape}")
+    try:
+        values = {v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in entity_type[:, 0]}
+    except UnicodeDecodeError:
+        raise RequestError(f"{ENTITY_TYPE} is not valid UTF-8") from None
+    if len(values) != 1:
+        raise RequestError(f"{ENTITY_TYPE} must be the same on every row of a request, got {sorted(values)[:5]}")
+    value = values.pop()
+    if value not in served:
+        raise RequestError(f"{ENTITY_TYPE} {value!r} is not served; the served entity types are {sorted(served)}")
     return value
 
 

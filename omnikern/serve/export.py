@@ -9,8 +9,9 @@ What :func:`export_triton` writes (names and shapes: :mod:`omnikern.serve.contra
       query_encoder/config.pbtxt     python backend running torch (or onnxruntime): tokens -> embedding
       query_encoder/1/model.py       + query_tower.json (config) + query_tower.safetensors (weights),
                                      or + query_tower.onnx instead of the weights (encoder_runtime="onnx")
-      scorer/config.pbtxt            python backend: embedding (+ k) -> scores, ids (int8 index, top-k)
-      scorer/1/model.py              + index.safetensors (Int8Index.save)
+      scorer/config.pbtxt            python backend: embedding (+ k, entity_type) -> scores, ids, entity_types
+      scorer/1/model.py              + index.safetensors (Int8Index.save), or index/: an index set
+                                     (one index per entity type) or one sharded index
       omnisearch/config.pbtxt        ensemble: tokenizer -> query_encoder -> scorer (pipeline="ensemble"),
                                      or python backend: all three steps in one stub (pipeline="fused")
       omnisearch/1/model.py          (fused only) + the files of the three steps above
@@ -94,7 +95,8 @@ def _ensemble_pbtxt(name: str, inputs: Sequence[TensorSpec], outputs: Sequence[T
 
 
 def _readme(max_batch_size: int, instance_kind: str, k_default: int, max_k: int, dim: int, count: int,
-            pad_to: int, torch_threads: int, encoder_runtime: str, pipeline: str) -> str:
+            pad_to: int, torch_threads: int, encoder_runtime: str, pipeline: str,
+            entity_types: Sequence[str] = (C.SINGLE_INDEX_TYPE,)) -> str:
     try:
         import transformers
 
@@ -115,11 +117,13 @@ Models
   tokenizer      python backend, KIND_CPU  text BYTES [B,1] -> input_ids, attention_mask INT64 [B,T]
   query_encoder  python backend, {instance_kind}  input_ids, attention_mask -> embedding FP32 [B,{dim}]
                  runtime: {runtime}
-  scorer         python backend, {instance_kind}  embedding (+ optional k INT32 [B,1]) -> scores FP32, ids INT64 [B,k]
-                 int8 index of {count} rows, k default {k_default}, k in 1..{max_k}
+  scorer         python backend, {instance_kind}  embedding (+ optional k INT32 [B,1], entity_type BYTES [B,1])
+                 -> scores FP32, ids INT64, entity_types BYTES [B,k]
+                 int8 indexes of {count} rows in all, entity types {", ".join(entity_types)}; k default {k_default},
+                 k in 1..{max_k}; without entity_type every type is searched and the results merged by score
   omnisearch     {"ensemble: tokenizer -> query_encoder -> scorer" if pipeline == "ensemble" else
                   f"python backend, {instance_kind}: tokenizer + query_encoder + scorer in one stub (fused)"}
-                 text (+ k) -> scores, ids
+                 text (+ k, entity_type) -> scores, ids, entity_types
   encode         ensemble: text -> embedding
   max batch size {max_batch_size} for every model; dynamic batching on every backend model.
   Queries are at most {pad_to} tokens (the tokenizer's max length); every row is padded to {pad_to} so that the dynamic
@@ -166,7 +170,9 @@ def export_triton(
     Args:
         query_tower_or_checkpoint: a QueryTower with a WordPieceTokenizer, or a checkpoint directory
             (:func:`save_query_tower`).
-        index_path: a file written by ``Int8Index.save`` whose dim is the tower's ``output_dim``.
+        index_path: a file written by ``Int8Index.save``, or an index directory (an index set from
+            ``omnikern index build``: one index per entity type; or one ``ShardedIndex``), whose
+            dim is the tower's ``output_dim``.
         out_dir: the repository directory; must be absent or empty unless ``overwrite``.
         max_batch_size: the largest batch (rows) any model takes; clients chunk larger inputs.
         instance_kind: ``"KIND_CPU"`` or ``"KIND_GPU"`` (encoder and scorer on the GPU).
@@ -223,8 +229,8 @@ def export_triton(
     if ":" not in index_class:
         raise ValueError(f"index_class must be 'module:Class', got {index_class!r}")
     index_path = Path(index_path)
-    if not index_path.is_file():
-        raise FileNotFoundError(f"index_path {str(index_path)!r} is not a file")
+    if not index_path.exists():
+        raise FileNotFoundError(f"index_path {str(index_path)!r} is neither an Int8Index file nor an index directory")
     out_dir = Path(out_dir)
     models = (C.TOKENIZER, C.QUERY_ENCODER, C.SCORER, C.OMNISEARCH, C.ENCODE)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -246,9 +252,12 @@ def export_triton(
         save_query_tower(query_tower_or_checkpoint, encoder_dir)
     tower_config = read_query_tower_config(encoder_dir)
     dim = int(tower_config["output_dim"])
-    index_dim, index_count = _index_shape(index_path)
-    if index_dim != dim:
-        raise ValueError(f"the index at index_path has dim {index_dim} but the query tower outputs {dim}")
+    shapes = _index_shapes(index_path)
+    for entity_type, (index_dim, _) in shapes.items():
+        if index_dim != dim:
+            raise ValueError(f"the index at index_path (entity type {entity_type!r}) has dim {index_dim} but the query "
+                             f"tower outputs {dim}")
+    index_count = sum(count for _, count in shapes.values())
     if encoder_runtime == "onnx":
         # The graph replaces the weights: the encoder directory holds the config, the vocabulary
         # (copied to the tokenizer below) and query_tower.onnx.
@@ -267,11 +276,13 @@ def export_triton(
     batching = DynamicBatching(max_queue_delay_us=max_queue_delay_us)
     text = TensorSpec(C.TEXT, bytes, [1])
     k = TensorSpec(C.K, np.int32, [1], optional=True)
+    entity_type = TensorSpec(C.ENTITY_TYPE, bytes, [1], optional=True)
     ids = TensorSpec(C.INPUT_IDS, np.int64, [-1])
     mask = TensorSpec(C.ATTENTION_MASK, np.int64, [-1])
     embedding = TensorSpec(C.EMBEDDING, np.float32, [dim])
     scores_out = TensorSpec(C.SCORES, np.float32, [-1])
     ids_out = TensorSpec(C.IDS, np.int64, [-1])
+    types_out = TensorSpec(C.ENTITY_TYPES, bytes, [-1])
 
     def model_py(name: str) -> str:
         return (_MODEL_PY_DIR / f"{name}.py").read_text(encoding="utf-8")
@@ -291,9 +302,10 @@ def export_triton(
         dynamic_batching=batching, instance_kind=instance_kind, instance_count=instance_count,
         parameters=encoder_params,
     ), model_py(C.QUERY_ENCODER), version=version)
-    copy_file_atomic(index_path, out_dir / C.SCORER / str(version) / C.INDEX_FILE)
+    _copy_index(index_path, out_dir / C.SCORER / str(version))
     write_model(out_dir, ModelConfig(
-        name=C.SCORER, inputs=[embedding, k], outputs=[scores_out, ids_out], max_batch_size=max_batch_size,
+        name=C.SCORER, inputs=[embedding, k, entity_type], outputs=[scores_out, ids_out, types_out],
+        max_batch_size=max_batch_size,
         dynamic_batching=batching, instance_kind=instance_kind, instance_count=instance_count,
         parameters=scorer_params,
     ), model_py(C.SCORER), version=version)
@@ -302,11 +314,13 @@ def export_triton(
         # directories stay self-contained: Triton may load a model from a copy of its directory).
         fused_dir = out_dir / C.OMNISEARCH / str(version)
         for source in [encoder_dir / name for name in
-                       (WORDPIECE_FILE, TOWER_CONFIG_FILE, TOWER_WEIGHTS_FILE, C.ENCODER_ONNX_FILE)] + [index_path]:
+                       (WORDPIECE_FILE, TOWER_CONFIG_FILE, TOWER_WEIGHTS_FILE, C.ENCODER_ONNX_FILE)]:
             if source.is_file():
-                copy_file_atomic(source, fused_dir / (C.INDEX_FILE if source == index_path else source.name))
+                copy_file_atomic(source, fused_dir / source.name)
+        _copy_index(index_path, fused_dir)
         write_model(out_dir, ModelConfig(
-            name=C.OMNISEARCH, inputs=[text, k], outputs=[scores_out, ids_out], max_batch_size=max_batch_size,
+            name=C.OMNISEARCH, inputs=[text, k, entity_type], outputs=[scores_out, ids_out, types_out],
+            max_batch_size=max_batch_size,
             dynamic_batching=batching, instance_kind=instance_kind, instance_count=instance_count,
             parameters={**tokenizer_params, **encoder_params, **scorer_params},
         ), model_py(C.OMNISEARCH), version=version)
@@ -314,16 +328,61 @@ def export_triton(
     tokenize_step = (C.TOKENIZER, {C.TEXT: C.TEXT}, {C.INPUT_IDS: C.INPUT_IDS, C.ATTENTION_MASK: C.ATTENTION_MASK})
     encode_step = (C.QUERY_ENCODER, {C.INPUT_IDS: C.INPUT_IDS, C.ATTENTION_MASK: C.ATTENTION_MASK},
                    {C.EMBEDDING: C.EMBEDDING})
-    score_step = (C.SCORER, {C.EMBEDDING: C.EMBEDDING, C.K: C.K}, {C.SCORES: C.SCORES, C.IDS: C.IDS})
+    score_step = (C.SCORER, {C.EMBEDDING: C.EMBEDDING, C.K: C.K, C.ENTITY_TYPE: C.ENTITY_TYPE},
+                  {C.SCORES: C.SCORES, C.IDS: C.IDS, C.ENTITY_TYPES: C.ENTITY_TYPES})
     ensembles = [(C.ENCODE, [text], [embedding], [tokenize_step, encode_step])]
     if pipeline == "ensemble":
-        ensembles.insert(0, (C.OMNISEARCH, [text, k], [scores_out, ids_out], [tokenize_step, encode_step, score_step]))
+        ensembles.insert(0, (C.OMNISEARCH, [text, k, entity_type], [scores_out, ids_out, types_out],
+                             [tokenize_step, encode_step, score_step]))
     for name, inputs, outputs, steps in ensembles:
         (out_dir / name / str(version)).mkdir(parents=True, exist_ok=True)  # ensembles need an (empty) version dir
         write_text_atomic(out_dir / name / "config.pbtxt", _ensemble_pbtxt(name, inputs, outputs, max_batch_size, steps))
     write_text_atomic(out_dir / "README.txt", _readme(max_batch_size, instance_kind, k_default, max_k, dim, index_count,
-                                                          pad_to, torch_threads, encoder_runtime, pipeline))
+                                                          pad_to, torch_threads, encoder_runtime, pipeline,
+                                                          sorted(shapes)))
     return out_dir
+
+
+def _copy_index(index_path: Path, version_dir: Path) -> None:
+    """Copies an Int8Index file to ``index.safetensors``, or an index directory (an index set or one
+    sharded index) to ``index/``, into a model's version directory (the directory under a temporary
+    name first, so a failed copy leaves none)."""
+    if index_path.is_file():
+        copy_file_atomic(index_path, version_dir / C.INDEX_FILE)
+        return
+    target = version_dir / C.INDEX_DIR
+    staging = version_dir / f".{C.INDEX_DIR}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(index_path, staging)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+
+
+def _index_shapes(path: Path) -> dict[str, tuple[int, int]]:
+    """Entity type -> ``(dim, rows)`` of the index at ``path``, from headers and manifests only
+    (no tensor data loaded): an Int8Index file (type ``item``), a sharded index directory (type
+    ``item``) or an index set."""
+    from omnikern.sharded_index import MANIFEST, SET_FILE
+
+    def sharded(directory: Path) -> tuple[int, int]:
+        try:
+            manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+            return int(manifest["dim"]), int(manifest["count"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"index_path {str(directory)!r} has no readable {MANIFEST}: {error}") from None
+
+    if path.is_file():
+        return {C.SINGLE_INDEX_TYPE: _index_shape(path)}
+    if (path / MANIFEST).is_file():
+        return {C.SINGLE_INDEX_TYPE: sharded(path)}
+    if (path / SET_FILE).is_file():
+        try:
+            names = json.loads((path / SET_FILE).read_text(encoding="utf-8"))["entity_types"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"index_path {str(path)!r}: {SET_FILE} is not readable: {error}") from None
+        return {t: sharded(path / sub) for t, sub in sorted(names.items())}
+    raise ValueError(f"index_path {str(path)!r} is a directory without {MANIFEST} or {SET_FILE}: not an index "
+                     "(omnikern index build writes one)")
 
 
 def _index_shape(path: Path) -> tuple[int, int]:

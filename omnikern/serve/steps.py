@@ -144,12 +144,16 @@ def warm_score_kernels(device, dim: int, k_default: int, max_k: int, rerank: int
 
 
 class Score:
-    """``embedding`` FP32 (B, D) [+ optional ``k`` INT32 (B, 1)] → ``scores`` FP32, ``ids`` INT64 (B, k).
+    """``embedding`` FP32 (B, D) [+ optional ``k`` INT32 (B, 1), ``entity_type`` BYTES (B, 1)] →
+    ``scores`` FP32, ``ids`` INT64, ``entity_types`` BYTES (B, k).
 
-    The int8 index (``index.safetensors``, loaded with ``index_class``, default
-    ``omnikern:Int8Index``) is searched once per batch with the largest k asked for (fused int8
-    scoring + top-k); every request then gets its own rows and its own k. Parameters:
-    ``k_default`` (required), ``max_k``, ``rerank``, ``index_class``, ``torch_threads``.
+    The index is an index set or sharded index directory (``index/``, one index per entity type,
+    :func:`omnikern.sharded_index.read_index_set`) or one ``index.safetensors`` file (loaded with
+    ``index_class``, default ``omnikern:Int8Index``; its entity type is ``item``). Each index is
+    searched once per batch with the largest k asked for (fused int8 scoring + top-k); every
+    request then gets its own rows, its own k, and its own entity type's results or all types'
+    merged by score (contract). Parameters: ``k_default`` (required), ``max_k``, ``rerank``,
+    ``index_class``, ``torch_threads``.
     """
 
     def __init__(self, directory: str | os.PathLike, params: dict[str, str], args: dict):
@@ -159,38 +163,89 @@ class Score:
         self.k_default = int(params["k_default"])
         self.max_k = int(params.get("max_k", C.MAX_K))
         self.rerank = int(params.get("rerank", "0"))
-        module, _, name = params.get("index_class", "omnikern:Int8Index").partition(":")
-        index_class = getattr(importlib.import_module(module), name)
-        self.index = index_class.load(os.path.join(directory, C.INDEX_FILE), device=self.device)
-        self.dim = int(self.index.dim)
+        self.indexes = load_indexes(directory, params, self.device)
+        self.types = sorted(self.indexes)
+        dims = {t: int(index.dim) for t, index in self.indexes.items()}
+        if len(set(dims.values())) != 1:
+            raise ValueError(f"the served indexes must share one dim, got {dims}")
+        self.dim = dims[self.types[0]]
         # The first search pays a one-time setup (~0.75 s on the 2-core CPU, measured in the
         # server); pay it here rather than in the first request's latency.
-        self.index.search(torch.full((1, self.dim), self.dim ** -0.5, device=self.device), 1, rerank=self.rerank)
+        for index in self.indexes.values():
+            index.search(torch.full((1, self.dim), self.dim ** -0.5, device=self.device), 1, rerank=self.rerank)
         warm_score_kernels(self.device, self.dim, self.k_default, self.max_k, self.rerank)
 
     def check_k(self, k: np.ndarray | None, rows: int) -> int:
         """The request's k (:func:`contract.check_k`; ``k_default`` when absent)."""
         return C.check_k(k, rows, self.k_default, self.max_k)
 
-    def check(self, embedding: np.ndarray | None, k: np.ndarray | None) -> tuple[np.ndarray, int]:
-        """The request's ``(embedding, k)``."""
-        x = C.check_embedding(embedding, self.dim)
-        return x, self.check_k(k, x.shape[0])
+    def check_entity_type(self, entity_type: np.ndarray | None, rows: int) -> str | None:
+        """The request's entity type, or None for every served type (:func:`contract.check_entity_type`)."""
+        return C.check_entity_type(entity_type, rows, self.types)
 
-    def run(self, items: Sequence[tuple[np.ndarray, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per request: ``(scores, ids)`` (rows, its k)."""
+    def check(self, embedding: np.ndarray | None, k: np.ndarray | None,
+              entity_type: np.ndarray | None = None) -> tuple[np.ndarray, int, str | None]:
+        """The request's ``(embedding, k, entity type or None)``."""
+        x = C.check_embedding(embedding, self.dim)
+        return x, self.check_k(k, x.shape[0]), self.check_entity_type(entity_type, x.shape[0])
+
+    def run(self, items: Sequence[tuple]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per request: ``(scores, ids, entity_types)`` (rows, its k)."""
         import torch
 
-        queries = torch.from_numpy(np.concatenate([x for x, _ in items])).to(self.device)
-        scores, ids = self.index.search(queries, max(k for _, k in items), rerank=self.rerank)
-        scores = np.asarray(scores.cpu().numpy() if hasattr(scores, "cpu") else scores, dtype=np.float32)
-        ids = np.asarray(ids.cpu().numpy() if hasattr(ids, "cpu") else ids, dtype=np.int64)
-        counts = [x.shape[0] for x, _ in items]
-        return [(s[:, :k], d[:, :k]) for (_, k), s, d in zip(items, C.split_rows(scores, counts), C.split_rows(ids, counts))]
+        queries = torch.from_numpy(np.concatenate([item[0] for item in items])).to(self.device)
+        k = max(item[1] for item in items)
+        asked = {item[2] for item in items}
+        per_type = {}
+        for t in (self.types if None in asked else sorted(asked)):
+            scores, ids = self.indexes[t].search(queries, k, rerank=self.rerank)
+            per_type[t] = (np.asarray(scores.cpu().numpy() if hasattr(scores, "cpu") else scores, dtype=np.float32),
+                           np.asarray(ids.cpu().numpy() if hasattr(ids, "cpu") else ids, dtype=np.int64))
+        merged = merge_types(per_type, k) if None in asked else None
+        counts = [item[0].shape[0] for item in items]
+        starts = np.cumsum([0, *counts])
+        out = []
+        for (_, k_i, t), lo, hi in zip(items, starts[:-1], starts[1:]):
+            if t is None:
+                scores, ids, types = (a[lo:hi, :k_i] for a in merged)
+            else:
+                scores, ids = (a[lo:hi, :k_i] for a in per_type[t])
+                types = np.where(ids >= 0, t.encode(), b"").astype(np.object_)
+            out.append((scores, ids, types))
+        return out
+
+
+def load_indexes(directory: str | os.PathLike, params: dict[str, str], device) -> dict:
+    """The scorer's indexes by entity type: the ``index/`` directory of the version directory (an
+    index set or one sharded index) if there is one, else ``index.safetensors`` loaded with the
+    ``index_class`` parameter, as entity type ``item``."""
+    folder = os.path.join(directory, C.INDEX_DIR)
+    if os.path.isdir(folder):
+        from omnikern.sharded_index import read_index_set
+
+        return read_index_set(folder, device=device)  # a lone sharded index reads as type "item"
+    module, _, name = params.get("index_class", "omnikern:Int8Index").partition(":")
+    index_class = getattr(importlib.import_module(module), name)
+    return {C.SINGLE_INDEX_TYPE: index_class.load(os.path.join(directory, C.INDEX_FILE), device=device)}
+
+
+def merge_types(per_type: dict[str, tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merges per-type ``(scores, ids)`` (Q, k) lists into one (Q, k) top-k with each id's type:
+    by score, equal scores in sorted type order and then each list's own order; ``-inf`` / ``-1`` /
+    ``""`` in the gaps."""
+    types = sorted(per_type)
+    scores = np.concatenate([per_type[t][0] for t in types], axis=1)
+    ids = np.concatenate([per_type[t][1] for t in types], axis=1)
+    labels = np.concatenate([np.full(per_type[t][1].shape, t.encode(), dtype=np.object_) for t in types], axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    labels = np.where(ids >= 0, np.take_along_axis(labels, order, 1), b"").astype(np.object_)
+    return scores, ids, labels
 
 
 class Search:
-    """The fused ``omnisearch``: ``text`` BYTES (B, 1) [+ optional ``k``] → ``scores``, ``ids`` (B, k).
+    """The fused ``omnisearch``: ``text`` BYTES (B, 1) [+ optional ``k``, ``entity_type``] →
+    ``scores``, ``ids``, ``entity_types`` (B, k).
 
     :class:`Tokenize`, :class:`Encode` and :class:`Score` in turn, in one process: each runs once
     over the batch's good requests, and a request that fails a step (too many tokens) drops out
@@ -203,18 +258,20 @@ class Search:
         self.encoder = Encode(directory, params, args)
         self.score = Score(directory, params, args)
 
-    def check(self, text: np.ndarray | None, k: np.ndarray | None) -> tuple[list[bytes], int]:
-        """The request's rows and k (checked before any work, as the ensemble's steps would)."""
+    def check(self, text: np.ndarray | None, k: np.ndarray | None,
+              entity_type: np.ndarray | None = None) -> tuple[list[bytes], int, str | None]:
+        """The request's rows, k and entity type (checked before any work, as the ensemble's steps would)."""
         rows = self.tokenize.check(text)
-        return rows, self.score.check_k(k, len(rows))
+        return rows, self.score.check_k(k, len(rows)), self.score.check_entity_type(entity_type, len(rows))
 
-    def run(self, items: Sequence[tuple[list[bytes], int]]) -> list[tuple[np.ndarray, np.ndarray] | RequestError]:
-        """Per request: ``(scores, ids)`` (rows, its k), or the error of the step that refused it."""
-        results: list = self.tokenize.run([rows for rows, _ in items])
+    def run(self, items: Sequence[tuple]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | RequestError]:
+        """Per request: ``(scores, ids, entity_types)`` (rows, its k), or the error of the step that refused it."""
+        results: list = self.tokenize.run([item[0] for item in items])
         good = [i for i, result in enumerate(results) if not isinstance(result, RequestError)]
         if good:
             embeddings = self.encoder.run([results[i] for i in good])
-            scored = self.score.run([(embedding, items[i][1]) for i, (embedding,) in zip(good, embeddings)])
+            scored = self.score.run([(embedding, items[i][1], items[i][2])
+                                     for i, (embedding,) in zip(good, embeddings)])
             for i, result in zip(good, scored):
                 results[i] = result
         return results
