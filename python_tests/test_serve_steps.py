@@ -524,3 +524,103 @@ def test_fake_pb_utils_behaves_like_the_stub():
 
         assert installed is pb and sys.modules["triton_python_backend_utils"] is pb
     assert sys.modules.get("triton_python_backend_utils") is not pb
+
+
+# ---------------------------------------------------------------------------------------------
+# Several entity types: an index set served by one repository
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def typed(model):
+    """A fused repository over an index set: ``pin`` (a sharded index of 2 shards) and ``product``,
+    rows drawn so that some scores tie across the two types."""
+    from omnikern.index import Int8Index
+    from omnikern.sharded_index import ShardedIndex, write_index_set
+
+    rng = np.random.default_rng(7)
+    pins = rng.standard_normal((30, DIM)).astype(np.float32)
+    products = rng.standard_normal((20, DIM)).astype(np.float32)
+    products[0] = pins[4]  # the same vector in both types: a tie that the type order breaks
+    pin_index = ShardedIndex.build(torch.from_numpy(pins), torch.arange(100, 130), 2)
+    product_index = Int8Index(DIM)
+    product_index.add(torch.from_numpy(products), torch.arange(500, 520))
+    write_index_set(model["tmp"] / "set", {"pin": pin_index, "product": product_index})
+    repo = export_triton(model["tower"], model["tmp"] / "set", model["tmp"] / "repo-typed", max_batch_size=MAX_BATCH,
+                         encoder_runtime="torch", pipeline="fused", k_default=5, max_k=60)
+    return {"repo": repo, "pin": pin_index, "product": product_index, "pins": pins}
+
+
+def type_array(value: str, rows: int) -> np.ndarray:
+    return np.array([[value.encode()]] * rows, dtype=np.object_)
+
+
+def test_score_one_type_or_all_merged(typed):
+    step = build(Score, typed["repo"] / C.SCORER)
+    assert step.types == ["pin", "product"]
+    q = np.random.default_rng(8).standard_normal((3, DIM)).astype(np.float32)
+    q[0] = typed["pins"][4]
+    items = [step.check(q, np.full((3, 1), 7, np.int32), type_array("product", 3)),
+             step.check(q, np.full((3, 1), 7, np.int32)),
+             step.check(q[:1], np.full((1, 1), 60, np.int32), type_array("pin", 1))]
+    (s1, i1, t1), (s2, i2, t2), (s3, i3, t3) = step.run(items)
+    want = index_search(typed["product"], q, 7)
+    np.testing.assert_array_equal(i1, want[1])
+    np.testing.assert_array_equal(s1, want[0])
+    assert set(t1.ravel().tolist()) == {b"product"}
+    # All types: a plain merge of the per-type lists (score, then type order, then each list's order).
+    pin, product = index_search(typed["pin"], q, 7), index_search(typed["product"], q, 7)
+    for row in range(3):
+        pool = [(-pin[0][row, j], 0, j, pin[1][row, j], b"pin") for j in range(7)]
+        pool += [(-product[0][row, j], 1, j, product[1][row, j], b"product") for j in range(7)]
+        best = sorted(pool)[:7]
+        assert i2[row].tolist() == [b[3] for b in best] and t2[row].tolist() == [b[4] for b in best]
+        np.testing.assert_array_equal(s2[row], np.array([-b[0] for b in best], np.float32))
+    # The tied vector: the pin first (type order), then the product.
+    assert i2[0, :2].tolist() == [104, 500] and t2[0, :2].tolist() == [b"pin", b"product"]
+    # 60 > 30 pins: gaps have id -1 and type "".
+    assert (i3[0, 30:] == -1).all() and set(t3[0, 30:].tolist()) == {b""} and set(t3[0, :30].tolist()) == {b"pin"}
+
+
+def test_entity_type_errors(typed, model, tmp_path):
+    step = build(Score, typed["repo"] / C.SCORER)
+    q = np.zeros((2, DIM), np.float32)
+    with pytest.raises(RequestError, match=r"^entity_type 'board' is not served; the served entity types are "
+                                           r"\['pin', 'product'\]$"):
+        step.check(q, None, type_array("board", 2))
+    with pytest.raises(RequestError, match=r"entity_type must have shape \(2, 1\), one per row"):
+        step.check(q, None, type_array("pin", 1))
+    mixed = np.array([[b"pin"], [b"product"]], dtype=np.object_)
+    with pytest.raises(RequestError, match="entity_type must be the same on every row"):
+        step.check(q, None, mixed)
+    with pytest.raises(RequestError, match="entity_type must be BYTES, got int32"):
+        step.check(q, None, np.zeros((2, 1), np.int32))
+    # A single-index repository serves the type "item".
+    single = build(Score, model["repo"] / C.SCORER)
+    assert single.types == ["item"] and single.check(q, None, type_array("item", 2))[2] == "item"
+    # An index set of another width is refused at export, naming the type.
+    from omnikern.index import Int8Index
+    from omnikern.sharded_index import write_index_set
+
+    wide = Int8Index(DIM + 1)
+    wide.add(torch.ones(2, DIM + 1), torch.arange(2))
+    write_index_set(tmp_path / "wide", {"board": wide})
+    with pytest.raises(ValueError, match=r"entity type 'board'\) has dim 17 but the query tower outputs 16"):
+        export_triton(model["tower"], tmp_path / "wide", tmp_path / "r", encoder_runtime="torch")
+    with pytest.raises(ValueError, match="is a directory without manifest.json or index_set.json"):
+        export_triton(model["tower"], tmp_path, tmp_path / "r2", encoder_runtime="torch")
+
+
+def test_fused_search_by_entity_type(typed, model):
+    step = build(Search, typed["repo"] / C.OMNISEARCH)
+    items = [step.check(text_array(TEXTS[:2]), None, type_array("pin", 2)), step.check(text_array(TEXTS[2:4]), None)]
+    (s1, i1, t1), (s2, i2, t2) = step.run(items)
+    assert set(i1.ravel().tolist()) <= set(range(100, 130)) and set(t1.ravel().tolist()) == {b"pin"}
+    assert set(t2.ravel().tolist()) <= {b"pin", b"product"}
+    # The same embeddings through the scorer alone give the same answer.
+    scorer = build(Score, typed["repo"] / C.SCORER)
+    tokens = build(Tokenize, model["repo"] / C.TOKENIZER).run([text_array(TEXTS[2:4])[:, 0].tolist()])
+    (embedding,) = build(Encode, model["repo"] / C.QUERY_ENCODER).run(tokens)[0]
+    (want,) = scorer.run([(embedding, 5, None)])
+    np.testing.assert_array_equal(i2, want[1])
+    np.testing.assert_array_equal(t2, want[2])
