@@ -288,23 +288,28 @@ def _cmd_query(args: argparse.Namespace) -> int:
     except ImportError:
         print("omnikern query needs tritonclient: pip install 'omnikern[serve]'", file=sys.stderr)
         return 2
+    from omnikern.serve.client import MultiClient
+
     titles = _recipe_titles()
+    urls = [u for u in args.url.split(",") if u]
     try:
-        with Client(args.url, protocol=args.protocol) as client:
+        with (Client(urls[0], protocol=args.protocol) if len(urls) == 1 else
+              MultiClient(urls, protocol=args.protocol)) as client:
             start = time.perf_counter()
-            scores, ids = client.search(args.texts, k=args.k)
+            scores, ids, types = client.search(args.texts, k=args.k, entity_type=args.entity_type,
+                                               return_entity_types=True)
             elapsed_ms = (time.perf_counter() - start) * 1e3
-    except (InferenceServerException, ConnectionError, OSError) as error:
+    except (InferenceServerException, ConnectionError, OSError, RuntimeError) as error:
         print(f"omnikern query: the server at {args.url} ({args.protocol}) answered with an error: {error}",
               file=sys.stderr)
         return 1
-    for text, row_scores, row_ids in zip(args.texts, scores, ids):
+    for text, row_scores, row_ids, row_types in zip(args.texts, scores, ids, types):
         print(f"query: {text!r}")
-        print(f"{'rank':>4}  {'id':>20}  {'score':>8}  title")
-        for rank, (item, score) in enumerate(zip(row_ids, row_scores), start=1):
+        print(f"{'rank':>4}  {'id':>20}  {'type':>10}  {'score':>8}  title")
+        for rank, (item, score, kind) in enumerate(zip(row_ids, row_scores, row_types), start=1):
             if score == float("-inf"):
                 break  # the index has fewer than k rows (ids may be negative: the score marks a gap)
-            print(f"{rank:>4}  {int(item):>20}  {float(score):>8.4f}  {titles.get(int(item), '')}")
+            print(f"{rank:>4}  {int(item):>20}  {kind:>10}  {float(score):>8.4f}  {titles.get(int(item), '')}")
     print(f"({len(args.texts)} queries in {elapsed_ms:.1f} ms over {args.protocol})")
     return 0
 
@@ -464,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "wordpiece.json (omnikern train writes RUN/query_tower)")
     export.add_argument("--zero-shot", action="store_true", help="export the untrained MiniLM query tower instead; "
                         "without --index, builds a recipe index with it")
-    export.add_argument("--index", help="an Int8Index file (Int8Index.save) whose dim is the tower's output")
+    export.add_argument("--index", help="an Int8Index file (Int8Index.save), or an index directory (omnikern index "
+                        "build: one index per entity type), whose dim is the tower's output")
     export.add_argument("--out", required=True, help="model repository directory to write")
     export.add_argument("--limit", type=int, default=None, help="--zero-shot index: only the first N recipes")
     export.add_argument("--max-batch-size", type=int, default=64, help="rows per dynamic batch (default 64)")
@@ -488,7 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     query = sub.add_parser("query", help="send text queries to a running server and print the top-k")
     query.add_argument("texts", nargs="+", metavar="TEXT", help="one query per argument")
-    query.add_argument("--url", required=True, help="host:port of the HTTP (or gRPC) endpoint")
+    query.add_argument("--url", required=True, help="host:port of the HTTP (or gRPC) endpoint; several, comma-separated, "
+                       "for servers that each hold a part of the catalogue (their answers are merged)")
+    query.add_argument("--entity-type", help="search only this entity type's index (default: every served type)")
     query.add_argument("--k", type=int, default=10, help="results per query (default 10)")
     query.add_argument("--protocol", choices=("http", "grpc"), default="http", help="how to talk to the server")
     query.set_defaults(func=_cmd_query)

@@ -9,6 +9,7 @@ from omnikern._lazy import lazy_exports
 
 _EXPORTS = {
     "Client": "omnikern.serve.client",
+    "MultiClient": "omnikern.serve.client",
     "DynamicBatching": "omnikern.serve.repository",
     "ModelConfig": "omnikern.serve.repository",
     "TensorSpec": "omnikern.serve.repository",
