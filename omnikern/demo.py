@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -25,7 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from omnikern._atomic import write_text_atomic
-from omnikern.catalogue import catalogue_trainer, evaluate_catalogue, format_catalogue_results, iter_embeddings
+from omnikern.catalogue import (
+    catalogue_trainer,
+    evaluate_catalogue,
+    format_catalogue_results,
+    is_catalogue_run,
+    iter_embeddings,
+)
 from omnikern.data.dataset import Dataset
 from omnikern.index import Int8Index
 from omnikern.models.checkpoint import QUERY_TOWER_DIR, load_query_tower, save_query_tower
@@ -191,6 +198,10 @@ def run_demo(cache_dir: str | None = None, out: str | None = None, steps: int | 
         cfg = apply_overrides(demo_config(cache_dir, steps), [f'data.path="{data_dir}"', 'train.negatives="positives"',
                                                               f"train.task_weights={json.dumps(mix)}", *overrides])
         run = root / name
+        if (run / "latest.json").is_file() and not is_catalogue_run(run):
+            # A run of an older demo (before it trained through the dataset path) cannot be resumed.
+            print(f"replacing {run}: an older demo's run (the recipe path), not resumable by this one")
+            shutil.rmtree(run)
         trainer = catalogue_trainer(cfg, run, resume=run if (run / "latest.json").is_file() else None)
         trainer.train()
         results = evaluate_catalogue(trainer.model, cfg, trainer.data, zero_shot=zero_shot, progress=True)
