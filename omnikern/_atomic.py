@@ -8,6 +8,7 @@ and the previous file, if any, is untouched.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -72,3 +73,12 @@ def write_dir_atomic(target: str | os.PathLike, write: Callable[[Path], None]) -
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 hex digest of a file's bytes, read in 16 MiB blocks (manifests record it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()

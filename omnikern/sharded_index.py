@@ -24,7 +24,6 @@ directory with ``index_set.json`` ``{"format": "omnikern.IndexSet", "version": "
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from omnikern._atomic import write_text_atomic
+from omnikern._atomic import file_sha256, write_text_atomic
 from omnikern._checks import check_int
 from omnikern.index import Int8Index, _as_tensor, rerank_shortlist
 from omnikern.ops._triton import interpreting
@@ -42,14 +41,6 @@ from omnikern.ops._triton import interpreting
 MANIFEST, SET_FILE = "manifest.json", "index_set.json"
 _FORMAT, _SET_FORMAT, _VERSION = "omnikern.ShardedIndex", "omnikern.IndexSet", "1"
 _TYPE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ShardedIndex:
@@ -191,7 +182,7 @@ class ShardedIndex:
             name = f"shard-{i:05d}-of-{total:05d}.safetensors"
             shard.save(directory / name)
             entries.append({"file": name, "count": len(shard), "bytes": (directory / name).stat().st_size,
-                            "sha256": _file_sha256(directory / name)})
+                            "sha256": file_sha256(directory / name)})
         manifest = {"format": _FORMAT, "version": _VERSION, "dim": self.dim, "count": len(self),
                     "keep_float": self.keep_float, "shards": entries}
         write_text_atomic(directory / MANIFEST, json.dumps(manifest, indent=1))
@@ -227,7 +218,7 @@ class ShardedIndex:
             file = directory / str(entry.get("file", ""))
             if not file.is_file():
                 raise FileNotFoundError(f"{file}: no such file (listed in {path})")
-            if file.stat().st_size != entry.get("bytes") or _file_sha256(file) != entry.get("sha256"):
+            if file.stat().st_size != entry.get("bytes") or file_sha256(file) != entry.get("sha256"):
                 raise ValueError(f"{file}: its size or checksum differs from {path}: the shard is damaged or replaced")
             shard = Int8Index.load(file, device=placement[i % len(placement)])
             if len(shard) != entry.get("count") or shard.dim != dim:

@@ -64,6 +64,29 @@ def assert_group_gone(pgid: int) -> None:
     assert leftover == [], f"processes left behind in group {pgid}: {leftover}"
 
 
+def spawn_ranks(script: str, world: int, timeout_s: float = 240) -> list[str]:
+    """Runs ``script`` (``python -c``) as ``world`` torch.distributed ranks on loopback (the env://
+    variables torchrun sets, one OpenMP thread each) and returns each rank's output, after checking
+    that every rank exited 0."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(world):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=timeout_s)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    return outputs
+
+
 def running_server(repo, startup_timeout_s: float):
     """Starts the real tritonserver on ``repo``, yields it, and always stops it, checking that no
     process of its group is left behind. For module-scoped fixtures: ``yield from running_server(...)``."""

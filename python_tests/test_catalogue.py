@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from helpers import shop_rows, write_shop_dataset
+from helpers import shop_rows, spawn_ranks, write_shop_dataset
 from test_data_dataset import ENTITIES, PAIRS, _dataset, _replace
 
 from omnikern.catalogue import (
@@ -483,26 +483,11 @@ trainer.close()
 
 
 def test_two_gloo_ranks_train_on_a_dataset(shop, tmp_path):
-    import os
-    import socket
-    import subprocess
-    import sys
-
     from safetensors.torch import load_file
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     script = GLOO_WORKER.format(tests=str(Path(__file__).parent), data=str(shop), cache=str(tmp_path / "cache"),
                                 out=str(tmp_path / "run"))
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=240)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outputs
+    outputs = spawn_ranks(script, 2)
     a, b = (load_file(str(tmp_path / "run" / f"rank{r}.safetensors")) for r in range(2))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     pairs = sorted(int(line.split()[2]) for out in outputs for line in out.splitlines() if line.startswith("pairs"))

@@ -4,14 +4,11 @@ rank with a ShardedIndex, a rank with an empty shard)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import spawn_ranks
 
 from omnikern import distributed
 from omnikern.index import Int8Index
@@ -58,26 +55,11 @@ def corpus(n: int = 60, d: int = 16):
     return vectors, ids
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("bounds", [[0, 30, 60], [0, 20, 45, 60], [0, 25, 25, 60]],
                          ids=["2 ranks", "3 ranks", "3 ranks, one empty"])
 def test_ranks_answer_as_one_index(bounds, tmp_path):
     world = len(bounds) - 1
-    script = WORKER.format(tests=str(Path(__file__).parent), bounds=bounds, out=str(tmp_path))
-    port = _free_port()
-    procs = []
-    for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outputs
+    spawn_ranks(WORKER.format(tests=str(Path(__file__).parent), bounds=bounds, out=str(tmp_path)), world, 120)
     vectors, ids = corpus()
     one = Int8Index(vectors.shape[1])
     one.add(vectors, ids)

@@ -19,7 +19,6 @@ row group at a time; :func:`build_index_set` turns them into one
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import Counter
@@ -32,21 +31,13 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from omnikern._atomic import write_bytes_atomic, write_text_atomic
+from omnikern._atomic import file_sha256, write_bytes_atomic, write_text_atomic
 from omnikern._checks import check_int
 from omnikern.index import Int8Index
 from omnikern.sharded_index import ShardedIndex, check_entity_type_name, write_index_set
 
 FORMAT, VERSION, MANIFEST = "omnikern.Embeddings", "1", "manifest.json"
 DEFAULT_ROWS_PER_FILE = 1_000_000
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _record_path(directory: Path, rank: int) -> Path:
@@ -117,7 +108,7 @@ class EmbeddingWriter:
         write_bytes_atomic(self.directory / name, sink.getvalue().to_pybytes())
         types = Counter(part.column("entity_type").to_pylist())
         self.files.append({"file": name, "rows": part.num_rows, "bytes": (self.directory / name).stat().st_size,
-                           "sha256": _sha256(self.directory / name), "entity_types": dict(sorted(types.items()))})
+                           "sha256": file_sha256(self.directory / name), "entity_types": dict(sorted(types.items()))})
 
     def close(self) -> Path:
         """Flushes the last part and writes the rank's completion record; returns its path."""
@@ -142,7 +133,7 @@ def _check_file(directory: Path, entry: dict, where: Path) -> None:
     path = directory / str(entry.get("file", ""))
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (listed in {where})")
-    if path.stat().st_size != entry.get("bytes") or _sha256(path) != entry.get("sha256"):
+    if path.stat().st_size != entry.get("bytes") or file_sha256(path) != entry.get("sha256"):
         raise ValueError(f"{path}: its size or checksum differs from {where}: the file is damaged or replaced")
 
 
