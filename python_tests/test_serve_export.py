@@ -568,7 +568,7 @@ def test_soak_no_failures_and_bounded_memory(server):
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_cli_query_prints_rank_id_score(model, server, protocol, capsys):
+def test_cli_query_prints_rank_id_type_score(model, server, protocol, capsys):
     from omnikern.cli import main
 
     url = server.url_http if protocol == "http" else server.url_grpc
@@ -578,7 +578,8 @@ def test_cli_query_prints_rank_id_score(model, server, protocol, capsys):
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert [int(r[0]) for r in rows] == [1, 2, 3, 1, 2, 3]
     assert [int(r[1]) for r in rows] == expected_ids.reshape(-1).tolist()
-    np.testing.assert_allclose([float(r[2]) for r in rows], expected_scores.reshape(-1), atol=1e-4)
+    assert [r[2] for r in rows] == ["item"] * 6  # a single-index export serves one entity type, "item"
+    np.testing.assert_allclose([float(r[3]) for r in rows], expected_scores.reshape(-1), atol=1e-4)
     assert "query: 'crème brûlée'" in out
 
 
