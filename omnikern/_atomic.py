@@ -82,3 +82,24 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 24), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def listed_file(path: str | os.PathLike) -> dict:
+    """A manifest's entry for a file it lists: ``{"file": name, "bytes": size, "sha256": digest}``."""
+    path = Path(path)
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def check_listed_file(directory: str | os.PathLike, entry: dict, manifest: str | os.PathLike) -> Path:
+    """Returns the file a :func:`listed_file` entry of ``manifest`` names under ``directory``.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: its size or checksum differs from the entry (damaged or replaced).
+    """
+    path = Path(directory) / str(entry.get("file", ""))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (listed in {manifest})")
+    if path.stat().st_size != entry.get("bytes") or file_sha256(path) != entry.get("sha256"):
+        raise ValueError(f"{path}: its size or checksum differs from {manifest}: the file is damaged or replaced")
+    return path

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from omnikern._atomic import file_sha256, write_text_atomic
+from omnikern._atomic import check_listed_file, listed_file, write_text_atomic
 from omnikern._checks import check_int
 from omnikern.index import Int8Index, _as_tensor, rerank_shortlist
 from omnikern.ops._triton import interpreting
@@ -181,8 +181,7 @@ class ShardedIndex:
         for i, shard in enumerate(self.shards):
             name = f"shard-{i:05d}-of-{total:05d}.safetensors"
             shard.save(directory / name)
-            entries.append({"file": name, "count": len(shard), "bytes": (directory / name).stat().st_size,
-                            "sha256": file_sha256(directory / name)})
+            entries.append({**listed_file(directory / name), "count": len(shard)})
         manifest = {"format": _FORMAT, "version": _VERSION, "dim": self.dim, "count": len(self),
                     "keep_float": self.keep_float, "shards": entries}
         write_text_atomic(directory / MANIFEST, json.dumps(manifest, indent=1))
@@ -215,11 +214,7 @@ class ShardedIndex:
         placement = list(devices) if devices else [device]
         shards = []
         for i, entry in enumerate(entries):
-            file = directory / str(entry.get("file", ""))
-            if not file.is_file():
-                raise FileNotFoundError(f"{file}: no such file (listed in {path})")
-            if file.stat().st_size != entry.get("bytes") or file_sha256(file) != entry.get("sha256"):
-                raise ValueError(f"{file}: its size or checksum differs from {path}: the shard is damaged or replaced")
+            file = check_listed_file(directory, entry, path)
             shard = Int8Index.load(file, device=placement[i % len(placement)])
             if len(shard) != entry.get("count") or shard.dim != dim:
                 raise ValueError(f"{file}: holds {len(shard)} rows of dim {shard.dim}, {path} says "

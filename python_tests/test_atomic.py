@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from omnikern._atomic import copy_file_atomic, write_bytes_atomic, write_text_atomic
+import hashlib
+
+from omnikern._atomic import check_listed_file, copy_file_atomic, listed_file, write_bytes_atomic, write_text_atomic
 
 
 def test_writes_and_replaces(tmp_path):
@@ -38,3 +40,16 @@ def test_copy_file(tmp_path):
         copy_file_atomic(tmp_path / "missing.bin", target)
     assert target.read_bytes() == source.read_bytes()
     assert sorted(p.name for p in target.parent.iterdir()) == ["target.bin"]
+
+
+def test_listed_file_entries_are_checked(tmp_path):
+    path = write_bytes_atomic(tmp_path / "part.bin", b"abc" * 1000)
+    entry = listed_file(path)
+    assert entry == {"file": "part.bin", "bytes": 3000, "sha256": hashlib.sha256(b"abc" * 1000).hexdigest()}
+    assert check_listed_file(tmp_path, entry, "manifest.json") == path
+    path.write_bytes(b"abd" * 1000)  # same size, other bytes
+    with pytest.raises(ValueError, match=r"part.bin: its size or checksum differs from manifest.json"):
+        check_listed_file(tmp_path, entry, "manifest.json")
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match=r"part.bin: no such file \(listed in manifest.json\)"):
+        check_listed_file(tmp_path, entry, "manifest.json")

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
-from omnikern._atomic import file_sha256, write_bytes_atomic, write_text_atomic
+from omnikern._atomic import check_listed_file, listed_file, write_bytes_atomic, write_text_atomic
 from omnikern._checks import check_int
 from omnikern.index import Int8Index
 from omnikern.sharded_index import ShardedIndex, check_entity_type_name, write_index_set
@@ -107,8 +107,8 @@ class EmbeddingWriter:
         pq.write_table(part, sink, row_group_size=min(rows, 65_536))
         write_bytes_atomic(self.directory / name, sink.getvalue().to_pybytes())
         types = Counter(part.column("entity_type").to_pylist())
-        self.files.append({"file": name, "rows": part.num_rows, "bytes": (self.directory / name).stat().st_size,
-                           "sha256": file_sha256(self.directory / name), "entity_types": dict(sorted(types.items()))})
+        self.files.append({**listed_file(self.directory / name), "rows": part.num_rows,
+                           "entity_types": dict(sorted(types.items()))})
 
     def close(self) -> Path:
         """Flushes the last part and writes the rank's completion record; returns its path."""
@@ -129,14 +129,6 @@ class EmbeddingWriter:
             self.close()
 
 
-def _check_file(directory: Path, entry: dict, where: Path) -> None:
-    path = directory / str(entry.get("file", ""))
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (listed in {where})")
-    if path.stat().st_size != entry.get("bytes") or file_sha256(path) != entry.get("sha256"):
-        raise ValueError(f"{path}: its size or checksum differs from {where}: the file is damaged or replaced")
-
-
 def is_rank_complete(directory: str | os.PathLike, rank: int) -> bool:
     """Whether ``rank`` has written its record and every file it lists is present and intact."""
     directory = Path(directory)
@@ -146,7 +138,7 @@ def is_rank_complete(directory: str | os.PathLike, rank: int) -> bool:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         for entry in record["files"]:
-            _check_file(directory, entry, path)
+            check_listed_file(directory, entry, path)
     except (ValueError, KeyError, TypeError, FileNotFoundError):
         return False
     return True
@@ -243,7 +235,7 @@ def read_embeddings(directory: str | os.PathLike, verify: bool = True) -> Embedd
         raise ValueError(f"{path} is not a valid embeddings manifest: {error}") from None
     if verify:
         for entry in files:
-            _check_file(directory, entry, path)
+            check_listed_file(directory, entry, path)
     return Embeddings(directory, manifest)
 
 
