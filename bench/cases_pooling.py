@@ -48,7 +48,7 @@ def cases(device: str, quick: bool) -> list[Case]:
                 # read x and the mask once, write (B, H * n_modes) float32
                 traffic = x.numel() * x.element_size() + mask.numel() * 8 + B * H * len(modes) * 4
                 providers = {
-                    "omnikern": lambda m=modes: pool(x_np, mask_np, m),
+                    "omnikern": lambda m=modes, x_np=x_np, mask_np=mask_np: pool(x_np, mask_np, m),
                     "torch": lambda m=modes, x=x, mask=mask: _torch_pool(x, mask, m),
                     "torch.compile": lambda m=modes, x=x, mask=mask: compiled(x, mask, m),
                     "reference": lambda m=modes, x=x, mask=mask: pool_ref(x, mask, m),
@@ -60,7 +60,8 @@ def cases(device: str, quick: bool) -> list[Case]:
                     )
                 # One core each: the per-core rate is what a serving instance gets.
                 out.append(
-                    Case("pool", "omnikern", "fwd 1 thread", size, lambda m=modes: pool(x_np, mask_np, m, num_threads=1),
+                    Case("pool", "omnikern", "fwd 1 thread", size,
+                         lambda m=modes, x_np=x_np, mask_np=mask_np: pool(x_np, mask_np, m, num_threads=1),
                          bytes_moved=traffic)
                 )
                 out.append(
