@@ -136,9 +136,12 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         except (FileNotFoundError, ValueError) as error:
             return _fail("embed", error)
         mine = (batch for i, batch in enumerate(stream) if i % world == rank)
+        # A rank's share is known only once its batches are read (they follow the row groups), so
+        # under several ranks the bar counts without a total.
         total = sum(data.dataset.num_entities(t) for t in (args.entity_type or data.dataset.entity_types))
         writer = EmbeddingWriter(args.out, config.model.output_dim, rank=rank, world=world)
-        with tqdm(total=total // world, desc=f"embedding (rank {rank})", unit="entity", disable=rank != 0) as bar:
+        with tqdm(total=total if world == 1 else None, desc=f"embedding (rank {rank})", unit="entity",
+                  disable=rank != 0) as bar:
             for batch, vectors in iter_embeddings(model, data, batches=mine):
                 writer.write(batch.ids, batch.entity_type, vectors)
                 bar.update(len(batch))
