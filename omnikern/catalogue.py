@@ -21,7 +21,7 @@ From it this module builds:
 * the **evaluation** (:func:`evaluate_catalogue`): Recall@10, Recall@100 and MRR per task on
   ``eval/``, for the trained query tower against the learned towers and the fixed (legacy)
   vectors, and for the zero-shot encoder on both sides, each with a bootstrap 95% interval.
-* the **embeddings** (:func:`embed_catalogue`): every entity through its learned tower, streamed.
+* the **embeddings** (:func:`iter_embeddings`): every entity through its learned tower, streamed.
 
 A run directory keeps what rebuilding the model needs beside its checkpoints
 (``catalogue.json``: the entity types, their fields and dense-feature statistics, and
