@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +103,8 @@ class CatalogueData:
         featurise: ``texts -> {"input_ids", "offsets"}`` of the item text fields (truncated).
         vocabs: the n-gram vocabularies (None for the WordPiece featuriser).
         vocab_size: the featuriser's id range.
-        features: entity type -> its :class:`EntityFeatures` or :class:`QueryTowerEntities`.
+        features: entity type -> its :class:`EntityFeatures` or :class:`QueryTowerEntities`, each
+            read and featurised on first access (``embed`` streams the dataset and never asks).
         legacy_dim: the common legacy width when training starts from the legacy vectors, else None.
         legacy_fit: ``(weight (d, H), bias (d,))`` of the query prefix init, when it was fitted.
     """
@@ -114,7 +115,7 @@ class CatalogueData:
     featurise: Callable
     vocabs: NGramVocabs | None
     vocab_size: int
-    features: dict[str, EntityFeatures | QueryTowerEntities]
+    features: Mapping[str, EntityFeatures | QueryTowerEntities]
     legacy_dim: int | None
     legacy_fit: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -147,7 +148,9 @@ def entity_documents(texts: dict[str, list[str]]) -> list[str]:
     return [" ".join(f"{v.rstrip('.')}." for v in values if v.strip()) for values in zip(*fields)]
 
 
-def _type_specs(dataset: Dataset) -> dict[str, TypeSpec]:
+def _type_specs(dataset: Dataset, statistics: bool = True) -> dict[str, TypeSpec]:
+    """The dataset's types as :class:`TypeSpec` s; ``statistics`` reads the dense features of every
+    entity for their mean and standard deviation (only a new run needs them)."""
     specs = {}
     for t in dataset.entity_types:
         fields = list(dataset.text_fields(t))
@@ -156,7 +159,7 @@ def _type_specs(dataset: Dataset) -> dict[str, TypeSpec]:
                              "list<string> column (docs/data-format.md)")
         dense = list(dataset.dense_names(t))
         specs[t] = TypeSpec(fields, dataset.legacy_dim(t), dense)
-        if dense:
+        if dense and statistics:
             values = dataset.entities[t].dense.astype(np.float64)
             std = values.std(axis=0)
             specs[t].dense_mean = values.mean(axis=0).tolist()
@@ -216,7 +219,7 @@ def build_catalogue_data(config: Config, dataset: Dataset | None = None, run_dir
     """
     dataset = dataset if dataset is not None else open_dataset(config)
     tokenizer = load_tokenizer(config, config.model.query_max_tokens)
-    found = _type_specs(dataset)
+    found = _type_specs(dataset, statistics=run_dir is None)
     vocabs = None
     if run_dir is not None:
         saved, vocabs = read_spec(run_dir)
@@ -230,14 +233,15 @@ def build_catalogue_data(config: Config, dataset: Dataset | None = None, run_dir
                       for text in dataset.entities[t].texts(f)]
             vocabs = build_ngram_vocabs(corpus, caps=tuple(config.model.ngram_caps))
     featurise, vocab_size = _featuriser(config, tokenizer, vocabs)
-    features: dict[str, EntityFeatures | QueryTowerEntities] = {}
-    for t, spec in types.items():
-        table = dataset.entities[t]
+
+    def read_features(t: str) -> EntityFeatures | QueryTowerEntities:
+        table, spec = dataset.entities[t], types[t]
         if t == QUERY_TYPE:
-            features[t] = QueryTowerEntities(torch.tensor(table.ids), table.texts(spec.text_fields[0]))
-        else:
-            texts = {f: table.texts(f) for f in spec.text_fields}
-            features[t] = type_features(spec, table.ids, texts, table.legacy, table.dense, featurise)
+            return QueryTowerEntities(torch.tensor(table.ids), table.texts(spec.text_fields[0]))
+        texts = {f: table.texts(f) for f in spec.text_fields}
+        return type_features(spec, table.ids, texts, table.legacy, table.dense, featurise)
+
+    features = _OnFirstUse(list(types), read_features)
     dims = {types[t].legacy_dim for t in types if t != QUERY_TYPE}
     legacy_dim = dims.pop() if config.model.legacy_init and len(dims) == 1 and None not in dims else None
     if legacy_dim is not None and legacy_dim > config.model.output_dim:
@@ -249,6 +253,26 @@ def build_catalogue_data(config: Config, dataset: Dataset | None = None, run_dir
     return data
 
 
+class _OnFirstUse(Mapping):
+    """A mapping whose value for a key is ``make(key)``, made on first access and kept."""
+
+    def __init__(self, keys: Sequence[str], make: Callable[[str], Any]) -> None:
+        self._keys, self._make, self._made = list(keys), make, {}
+
+    def __getitem__(self, key: str):
+        if key not in self._made:
+            if key not in self._keys:
+                raise KeyError(key)
+            self._made[key] = self._make(key)
+        return self._made[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 def fit_legacy_map(config: Config, data: CatalogueData, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns ``(weight (d, H), bias (d,))``: the ridge least-squares map from the encoder's unit
     pooled vector of an entity's document (:func:`entity_documents`) to its legacy vector, over up
@@ -256,7 +280,7 @@ def fit_legacy_map(config: Config, data: CatalogueData, progress: bool = False) 
     rows = config.model.legacy_fit_rows
     check_int("model.legacy_fit_rows", rows, 1)
     rng = np.random.default_rng(config.train.seed)
-    total = sum(len(data.features[t]) for t in data.item_types)
+    total = sum(data.dataset.num_entities(t) for t in data.item_types)
     encode = zero_shot_encoder(config, data, progress=progress)
     pooled, targets = [], []
     for t in data.item_types:

@@ -269,6 +269,28 @@ def test_embed_every_entity(run, shop):
     assert np.allclose(np.stack([seen[i] for i in ids]), table, atol=1e-5)
 
 
+def test_embed_streams_without_reading_whole_tables(run, tmp_path, monkeypatch):
+    """`omnikern embed` reads the entities batch by batch: loading any whole entity table (what
+    training and eval do for random access) would hold the catalogue in memory, so it fails here."""
+    from omnikern.data.dataset import Dataset
+    from omnikern.data.embeddings import read_embeddings
+
+    model, _, data = load_catalogue_run(run)
+    expected = {}
+    for batch, vectors in iter_embeddings(model, data, batch_rows=16):
+        expected.update(zip(batch.ids.tolist(), vectors))
+
+    def refuse(self, entity_type):
+        raise AssertionError(f"embed read the whole {entity_type!r} table")
+
+    monkeypatch.setattr(Dataset, "_load_table", refuse)
+    out = tmp_path / "emb"
+    assert main(["embed", str(run), "--out", str(out), "--batch-rows", "16"]) == 0
+    got = {i: v for ids, _, vectors in read_embeddings(out).iter_batches() for i, v in zip(ids.tolist(), vectors)}
+    assert got.keys() == expected.keys()
+    assert all(np.allclose(got[i], expected[i], atol=1e-6) for i in got)
+
+
 def test_a_run_refuses_another_dataset(run, tmp_path, capsys):
     rows = shop_rows()
     for entity in rows["entities"]:
