@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from omnikern._atomic import write_bytes_atomic
 from omnikern._checks import check_int
 from omnikern.data.batches import EntityFeatures, PairSampler, QueryTowerEntities, TaskPairs
 from omnikern.data.dataset import Dataset, EntityBatch
+from omnikern.data.spool import spool_features
 from omnikern.models.checkpoint import load_model_state, read_checkpoint_meta
 from omnikern.models.components import (
     build_encoder,
@@ -160,11 +162,32 @@ def _type_specs(dataset: Dataset, statistics: bool = True) -> dict[str, TypeSpec
         dense = list(dataset.dense_names(t))
         specs[t] = TypeSpec(fields, dataset.legacy_dim(t), dense)
         if dense and statistics:
-            values = dataset.entities[t].dense.astype(np.float64)
-            std = values.std(axis=0)
-            specs[t].dense_mean = values.mean(axis=0).tolist()
+            mean, std = _streamed_mean_std(batch.dense for batch in dataset.iter_entities(dataset.batch_rows, [t]))
+            specs[t].dense_mean = mean.tolist()
             specs[t].dense_std = np.where(std > 0, std, 1.0).tolist()
     return specs
+
+
+def _streamed_mean_std(blocks: Iterator[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and (population) standard deviation over row blocks, merged block by block
+    (Chan et al.'s pairwise update: as stable as the two-pass formula)."""
+    count, mean, m2 = 0, None, None
+    for block in blocks:
+        block = np.asarray(block, dtype=np.float64)
+        n = block.shape[0]
+        if not n:
+            continue
+        block_mean = block.mean(axis=0)
+        block_m2 = ((block - block_mean) ** 2).sum(axis=0)
+        if mean is None:
+            count, mean, m2 = n, block_mean, block_m2
+            continue
+        delta = block_mean - mean
+        total = count + n
+        mean = mean + delta * (n / total)
+        m2 = m2 + block_m2 + delta**2 * (count * n / total)
+        count = total
+    return mean, np.sqrt(m2 / count)
 
 
 def _check_specs(saved: dict[str, TypeSpec], found: dict[str, TypeSpec], where: str) -> None:
@@ -191,17 +214,34 @@ def _featuriser(config: Config, tokenizer, vocabs: NGramVocabs | None):
     return truncating(featurizer.featurize, chars), featurizer.vocab_size
 
 
-def type_features(spec: TypeSpec, ids: np.ndarray, texts: dict[str, list[str]], legacy: np.ndarray | None,
-                  dense: np.ndarray | None, featurise) -> EntityFeatures:
-    """Returns the learned-tower inputs of some entities of one type (dense features standardised
-    with the type's saved statistics)."""
+def _dense_inputs(spec: TypeSpec, legacy: np.ndarray | None, dense: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The float inputs of a learned tower: the legacy vector and the dense features standardised
+    with the type's saved statistics, (B, ·) float32 each."""
     features = {}
     if legacy is not None:
-        features[LEGACY_FEATURE] = torch.tensor(np.asarray(legacy, dtype=np.float32))
+        features[LEGACY_FEATURE] = np.array(legacy, dtype=np.float32)  # a copy: arrow buffers are read-only
     if spec.dense:
         scaled = (dense - np.asarray(spec.dense_mean)) / np.asarray(spec.dense_std)
-        features[DENSE_FEATURE] = torch.from_numpy(scaled.astype(np.float32))
-    return EntityFeatures(ids, {f: texts[f] for f in spec.text_fields}, featurise, features)
+        features[DENSE_FEATURE] = scaled.astype(np.float32)
+    return features
+
+
+def type_features(spec: TypeSpec, ids: np.ndarray, texts: dict[str, list[str]], legacy: np.ndarray | None,
+                  dense: np.ndarray | None, featurise) -> EntityFeatures:
+    """Returns the learned-tower inputs of some entities of one type, in memory."""
+    return EntityFeatures(ids, {f: texts[f] for f in spec.text_fields}, featurise, _dense_inputs(spec, legacy, dense))
+
+
+def spooled_type_features(config: Config, dataset: Dataset, entity_type: str, spec: TypeSpec,
+                          featurise) -> EntityFeatures:
+    """Returns the learned-tower inputs of every entity of one type, featurised by a streamed pass
+    into memory-mapped files under ``cache_dir/spool`` (:func:`~omnikern.data.spool.spool_features`):
+    the catalogue's texts are never all in memory."""
+    root = cache_dir(config) / "spool"
+    root.mkdir(parents=True, exist_ok=True)
+    blocks = ((b.ids, b.texts, _dense_inputs(spec, b.legacy, b.dense))
+              for b in dataset.iter_entities(dataset.batch_rows, [entity_type]))
+    return spool_features(blocks, spec.text_fields, featurise, tempfile.mkdtemp(prefix=f"{entity_type}-", dir=root))
 
 
 def build_catalogue_data(config: Config, dataset: Dataset | None = None, run_dir: str | Path | None = None,
@@ -229,17 +269,24 @@ def build_catalogue_data(config: Config, dataset: Dataset | None = None, run_dir
         types = found
         if config.model.featuriser != "wordpiece":
             chars = config.data.field_max_chars
-            corpus = [text[:chars] for t in types if t != QUERY_TYPE for f in types[t].text_fields
-                      for text in dataset.entities[t].texts(f)]
+            cap = config.model.ngram_vocab_rows
+            check_int("model.ngram_vocab_rows", cap, 1)
+            corpus = []
+            for t in types:
+                if t == QUERY_TYPE:
+                    continue
+                n = dataset.num_entities(t)
+                rows = np.arange(n) if n <= cap else np.arange(cap) * n // cap  # evenly spaced, distinct
+                texts, _ = _entity_rows(config, dataset, t, rows, types[t].text_fields)
+                corpus += [text[:chars] for f in types[t].text_fields for text in texts[f]]
             vocabs = build_ngram_vocabs(corpus, caps=tuple(config.model.ngram_caps))
     featurise, vocab_size = _featuriser(config, tokenizer, vocabs)
 
     def read_features(t: str) -> EntityFeatures | QueryTowerEntities:
-        table, spec = dataset.entities[t], types[t]
-        if t == QUERY_TYPE:
-            return QueryTowerEntities(torch.tensor(table.ids), table.texts(spec.text_fields[0]))
-        texts = {f: table.texts(f) for f in spec.text_fields}
-        return type_features(spec, table.ids, texts, table.legacy, table.dense, featurise)
+        if t == QUERY_TYPE:  # queries are encoded from their text: kept in memory
+            table = dataset.entities[t]
+            return QueryTowerEntities(torch.tensor(table.ids), table.texts(types[t].text_fields[0]))
+        return spooled_type_features(config, dataset, t, types[t], featurise)
 
     features = _OnFirstUse(list(types), read_features)
     dims = {types[t].legacy_dim for t in types if t != QUERY_TYPE}
@@ -251,6 +298,24 @@ def build_catalogue_data(config: Config, dataset: Dataset | None = None, run_dir
     if legacy_dim is not None and fit_legacy:
         data.legacy_fit = fit_legacy_map(config, data, progress=progress)
     return data
+
+
+def _entity_rows(config: Config, dataset: Dataset, entity_type: str, rows: np.ndarray,
+                 fields: Sequence[str]) -> tuple[dict[str, list[str]], np.ndarray | None]:
+    """Returns the texts of ``fields`` and the legacy vectors (or None) of the entities at ``rows``
+    (sorted positions in the type's file order), read by a streamed pass."""
+    texts: dict[str, list[str]] = {f: [] for f in fields}
+    legacy: list[np.ndarray] = []
+    start = 0
+    for batch in dataset.iter_entities(dataset.batch_rows, [entity_type]):
+        lo, hi = np.searchsorted(rows, [start, start + len(batch)])
+        local = rows[lo:hi] - start
+        start += len(batch)
+        for f in fields:
+            texts[f] += [batch.texts[f][i] for i in local.tolist()]
+        if batch.legacy is not None:
+            legacy.append(batch.legacy[local])
+    return texts, (np.concatenate(legacy) if legacy else None)
 
 
 class _OnFirstUse(Mapping):
@@ -284,15 +349,15 @@ def fit_legacy_map(config: Config, data: CatalogueData, progress: bool = False) 
     encode = zero_shot_encoder(config, data, progress=progress)
     pooled, targets = [], []
     for t in data.item_types:
-        table = data.dataset.entities[t]
-        n = len(table)
+        n = data.dataset.num_entities(t)
         take = np.sort(rng.choice(n, size=min(n, max(1, round(rows * n / total))), replace=False))
         if take.size == n:  # the whole type: the cached vectors that the zero-shot evaluation uses too
             pooled.append(zero_shot_documents(config, data, t, encode))
-        else:
-            docs = entity_documents({f: table.texts(f) for f in data.types[t].text_fields})
-            pooled.append(encode([docs[i] for i in take]).float())
-        targets.append(table.legacy[take])
+            targets.append(data.dataset.entities[t].legacy)
+        else:  # a sample, read by a streamed pass
+            texts, legacy = _entity_rows(config, data.dataset, t, take, data.types[t].text_fields)
+            pooled.append(encode(entity_documents(texts)).float())
+            targets.append(legacy)
     pooled = torch.cat(pooled).double()
     y = torch.from_numpy(np.concatenate(targets)).double()
     x_mean, y_mean = pooled.mean(0), y.mean(0)

@@ -147,8 +147,8 @@ def test_towers_per_entity_type(shop, tmp_path):
     assert product.dense_features == {"legacy": 8, "dense": 1}
     assert model.tower(("board", LEARNED)).dense_features == {}
     # The price is standardised with the statistics of the catalogue.
-    price = data.features["product"].dense["dense"]
-    assert abs(float(price.mean())) < 1e-5 and abs(float(price.std(unbiased=False)) - 1) < 1e-4
+    price = np.asarray(data.features["product"].dense["dense"], dtype=np.float64)
+    assert abs(float(price.mean())) < 1e-5 and abs(float(price.std()) - 1) < 1e-4
 
 
 def test_legacy_init_fits_the_query_prefix(legacy_shop, tmp_path):
@@ -514,3 +514,80 @@ def test_two_gloo_ranks_train_on_a_dataset(shop, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     pairs = sorted(int(line.split()[2]) for out in outputs for line in out.splitlines() if line.startswith("pairs"))
     assert sum(pairs) == 384 and pairs[1] - pairs[0] <= 3  # each rank its half of every task
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming: training reads the catalogue by row groups
+# ---------------------------------------------------------------------------------------------
+
+
+def test_training_features_are_spooled_and_equal_the_tables(shop, tmp_path):
+    from omnikern.catalogue import type_features
+
+    data = build_catalogue_data(tiny_config(shop, tmp_path), fit_legacy=False)
+    for t in data.item_types:
+        table = data.dataset.entities[t]
+        texts = {f: table.texts(f) for f in data.types[t].text_fields}
+        expected = type_features(data.types[t], table.ids, texts, table.legacy, table.dense, data.featurise)
+        got = data.features[t]
+        assert isinstance(next(iter(got.dense.values()), np.empty(0)), np.ndarray)  # mapped, not tensors
+        a, b = expected.gather(np.arange(len(table))), got.gather(np.arange(len(table)))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), t
+    assert list((tmp_path / "spool").iterdir()) == []  # the files are unlinked once mapped
+
+
+def test_entity_rows_streams_the_rows_asked_for(shop, tmp_path):
+    from omnikern.catalogue import _entity_rows
+
+    config = tiny_config(shop, tmp_path)
+    data = build_catalogue_data(config, fit_legacy=False)
+    table = data.dataset.entities["product"]
+    rows = np.array([0, 1, 24, 25, 26, 59])  # across row groups of 25
+    texts, legacy = _entity_rows(config, data.dataset, "product", rows, ["title", "tags"])
+    assert texts == {f: [table.texts(f)[i] for i in rows] for f in ("title", "tags")}
+    assert np.array_equal(legacy, table.legacy[rows])
+    texts, legacy = _entity_rows(config, data.dataset, "board", np.array([], dtype=np.int64), ["title"])
+    assert texts == {"title": []} and legacy is None
+
+
+def test_ngram_vocabularies_count_a_bounded_sample(shop, tmp_path):
+    from omnikern.text import build_ngram_vocabs
+
+    full = build_catalogue_data(tiny_config(shop, tmp_path), fit_legacy=False)
+    tables = {t: full.dataset.entities[t] for t in full.item_types}
+    corpus = [text for t in full.item_types for f in full.types[t].text_fields for text in tables[t].texts(f)]
+    assert full.vocabs == build_ngram_vocabs(corpus, caps=(500, 500, 500))
+    sampled = build_catalogue_data(tiny_config(shop, tmp_path, "model.ngram_vocab_rows=7"), fit_legacy=False)
+    picks = {t: np.arange(7) * len(tables[t]) // 7 for t in full.item_types}
+    corpus = [tables[t].texts(f)[i] for t in full.item_types for f in full.types[t].text_fields for i in picks[t]]
+    assert sampled.vocabs == build_ngram_vocabs(corpus, caps=(500, 500, 500))
+    assert sampled.vocabs != full.vocabs
+
+
+def test_streamed_mean_and_std_match_numpy():
+    from omnikern.catalogue import _streamed_mean_std
+
+    rng = np.random.default_rng(0)
+    values = 1e6 + rng.standard_normal((1000, 3)) * [1e-3, 1.0, 1e3]  # a large offset: the naive formula fails
+    blocks = np.split(values, [1, 7, 400, 400, 999])
+    mean, std = _streamed_mean_std(iter(blocks))
+    np.testing.assert_allclose(mean, values.mean(axis=0), rtol=1e-14)
+    # Both are two-pass-accurate: relative error ~ eps · offset / std = 2e-16 · 1e9 for the first column.
+    np.testing.assert_allclose(std, values.std(axis=0), rtol=1e-6)
+    naive = np.sqrt(np.maximum((values**2).mean(axis=0) - values.mean(axis=0) ** 2, 0))
+    assert abs(naive[0] - values.std(axis=0)[0]) > 1e-2 * values.std(axis=0)[0]  # what the merge avoids
+
+
+def test_training_never_reads_a_whole_entity_table(shop, legacy_shop, tmp_path, monkeypatch):
+    """Training featurises by row groups into mapped files and samples the legacy fit and the
+    vocabularies by streamed passes: loading a whole table (texts of every entity) fails here."""
+    from omnikern.data.dataset import Dataset
+
+    def refuse(self, entity_type):
+        raise AssertionError(f"training read the whole {entity_type!r} table")
+
+    monkeypatch.setattr(Dataset, "_load_table", refuse)
+    catalogue_trainer(tiny_config(shop, tmp_path, "train.steps=2"), tmp_path / "a").train()
+    # Starting from legacy vectors, fitted on a sample (fewer rows than entities).
+    catalogue_trainer(tiny_config(legacy_shop, tmp_path, "train.steps=2", "model.legacy_fit_rows=20"),
+                      tmp_path / "b").train()

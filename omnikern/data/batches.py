@@ -76,6 +76,27 @@ class EntityFeatures:
             self._flat[name] = flat
             self._starts[name] = np.append(offsets, flat.shape[0])
 
+    @classmethod
+    def from_arrays(cls, ids: np.ndarray, flat: Mapping[str, np.ndarray], starts: Mapping[str, np.ndarray],
+                    dense: Mapping[str, np.ndarray] | None = None) -> EntityFeatures:
+        """Features featurised already, e.g. memory-mapped files written by a streamed pass:
+        per text field the concatenated ids ``flat[f]`` (int64) and the row starts ``starts[f]``
+        ((N + 1,) int64, ``starts[f][i]:starts[f][i + 1]`` is entity i's slice); dense features
+        (N, D) float32. The arrays are used as they are (not copied)."""
+        features = cls.__new__(cls)
+        features.ids = torch.tensor(np.asarray(ids, dtype=np.int64))
+        n = int(features.ids.shape[0])
+        features.fields = tuple(flat)
+        for name in features.fields:
+            if starts[name].shape != (n + 1,) or int(starts[name][-1]) != flat[name].shape[0]:
+                raise ValueError(f"starts of field {name!r} must be ({n + 1},) ending at {flat[name].shape[0]}, "
+                                 f"got {starts[name].shape}")
+        for name, values in (dense or {}).items():
+            if values.ndim != 2 or values.shape[0] != n or values.dtype != np.float32:
+                raise ValueError(f"dense feature {name!r} must be ({n}, D) float32, got {values.dtype} {values.shape}")
+        features._flat, features._starts, features.dense = dict(flat), dict(starts), dict(dense or {})
+        return features
+
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
@@ -94,7 +115,7 @@ class EntityFeatures:
             out[f"{name}_offsets"] = torch.from_numpy(np.cumsum(lengths) - lengths)
         rows = torch.from_numpy(idx)
         for name, values in self.dense.items():
-            out[name] = values[rows]
+            out[name] = values[rows] if isinstance(values, torch.Tensor) else torch.from_numpy(np.asarray(values[idx]))
         return out
 
 

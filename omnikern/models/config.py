@@ -71,6 +71,8 @@ class ModelConfig:
         featuriser: ``"ngram"`` (hashed n-grams, omnikern.text.NGramFeaturizer), ``"wordpiece"``
             (WordPiece ids of the fields) or ``"auto"`` (n-grams when available).
         ngram_caps: vocabulary caps (char trigrams, unigrams, bigrams) counted on the train recipes.
+        ngram_vocab_rows: for a dataset, the most entities per type whose texts count the n-gram
+            vocabularies (evenly spaced over a type that has more), so counting stays bounded.
         item_hidden: learned item tower MLP hidden widths (published [1024, 1024]).
         hash_buckets, text_dim: the hash embedding bag's table (published 100,000 × 256).
         legacy_init: start from the pre-existing (legacy) embedding: the query projection's
@@ -93,6 +95,7 @@ class ModelConfig:
     cache_frozen: bool = True
     featuriser: str = "auto"
     ngram_caps: list[int] = field(default_factory=lambda: [20_000, 50_000, 100_000])
+    ngram_vocab_rows: int = 1_000_000
     item_hidden: list[int] = field(default_factory=lambda: [1024, 1024])
     hash_buckets: int = 32_768
     text_dim: int = 256
