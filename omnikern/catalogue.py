@@ -46,7 +46,12 @@ from torch import nn
 
 from omnikern._atomic import write_bytes_atomic
 from omnikern._checks import check_int
-from omnikern.data.batches import EntityFeatures, PairSampler, QueryTowerEntities, TaskPairs
+from omnikern.data.batches import (
+    EntityFeatures,
+    PairSampler,
+    QueryTowerEntities,
+    TaskPairs,
+)
 from omnikern.data.dataset import Dataset, EntityBatch
 from omnikern.data.spool import spool_features
 from omnikern.models.checkpoint import load_model_state, read_checkpoint_meta
@@ -62,14 +67,23 @@ from omnikern.models.components import (
 from omnikern.models.config import Config
 from omnikern.models.container import LEARNED, QUERY_KEY, OmniSearchSage, PerKeyLoss
 from omnikern.models.encoders import QueryTower, ZeroShotEncoder
-from omnikern.models.evaluate import bootstrap_interval, rank_metrics, summarise_with_intervals
+from omnikern.models.evaluate import (
+    bootstrap_interval,
+    rank_metrics,
+    summarise_with_intervals,
+)
 from omnikern.models.frozen import CachedPrefixEncoder
 from omnikern.models.item_towers import FixedTower, HashEmbeddingBag, LearnedItemTower
 from omnikern.models.loss import SampledSoftmaxLoss
 from omnikern.models.trainer import Trainer, TrainingSetup
 from omnikern.ops.l2norm import l2_normalize
 from omnikern.ops.loss import resolve_prefixes
-from omnikern.text import NGramFeaturizer, NGramVocabs, build_ngram_vocabs, string_id_hash
+from omnikern.text import (
+    NGramFeaturizer,
+    NGramVocabs,
+    build_ngram_vocabs,
+    string_id_hash,
+)
 
 QUERY_TYPE = "query"  # entities of this type are embedded by the query tower
 FIXED = "fixed"
