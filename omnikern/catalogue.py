@@ -255,7 +255,8 @@ def spooled_type_features(config: Config, dataset: Dataset, entity_type: str, sp
     root.mkdir(parents=True, exist_ok=True)
     blocks = ((b.ids, b.texts, _dense_inputs(spec, b.legacy, b.dense))
               for b in dataset.iter_entities(dataset.batch_rows, [entity_type]))
-    return spool_features(blocks, spec.text_fields, featurise, tempfile.mkdtemp(prefix=f"{entity_type}-", dir=root))
+    # Not named after the type: entity types are free-form strings, not always valid file names.
+    return spool_features(blocks, spec.text_fields, featurise, tempfile.mkdtemp(prefix="features-", dir=root))
 
 
 def build_catalogue_data(config: Config, dataset: Dataset | None = None, run_dir: str | Path | None = None,
