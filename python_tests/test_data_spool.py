@@ -74,9 +74,14 @@ def test_bad_blocks(tmp_path):
     with pytest.raises(ValueError, match=r"every block must have the dense features \['legacy'\]"):
         spool_features([(ids[:3], {"title": texts["title"][:3]}, {"legacy": dense["legacy"][:3]}),
                         (ids[3:], {"title": texts["title"][3:]}, {})], ["title"], featurise, tmp_path / "b")
-    with pytest.raises(ValueError, match=r"dense feature 'legacy' must be \(6, D\)"):
+    with pytest.raises(ValueError, match=r"dense feature 'legacy' must be \(6, 8\) for this block, got \(4, 8\)"):
         spool_features([(ids, {"title": texts["title"]}, {"legacy": dense["legacy"][:4]})], ["title"],
                        featurise, tmp_path / "c")
+    with pytest.raises(ValueError, match=r"dense feature 'legacy' must be \(3, 8\) for this block, got \(3, 4\)"):
+        spool_features([(ids[:3], {"title": texts["title"][:3]}, {"legacy": dense["legacy"][:3]}),
+                        (ids[3:], {"title": texts["title"][3:]}, {"legacy": dense["legacy"][3:, :4]})], ["title"],
+                       featurise, tmp_path / "e")
+    assert not any((tmp_path / name).exists() for name in "abce")  # a failed pass leaves nothing behind
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x").write_text("x")
     with pytest.raises(ValueError, match="directory must be empty"):

@@ -47,6 +47,7 @@ def spool_features(blocks: Iterable[Block], fields: Sequence[str],
     sizes = {f: 0 for f in fields}  # ids written per field so far
     handles = {}
     dense_names: tuple[str, ...] | None = None
+    widths: dict[str, int] = {}  # dense feature -> D, fixed by the first block
     try:
         for f in fields:
             handles[f"{f}.ids"] = open(directory / f"{f}.ids", "wb")
@@ -77,21 +78,25 @@ def spool_features(blocks: Iterable[Block], fields: Sequence[str],
                 sizes[f] += flat.shape[0]
             for name in dense_names:
                 rows = np.ascontiguousarray(dense[name], dtype=np.float32)
-                if rows.ndim != 2 or rows.shape[0] != n:
-                    raise ValueError(f"dense feature {name!r} must be ({n}, D) for this block, got {rows.shape}")
+                width = widths.setdefault(name, rows.shape[1] if rows.ndim == 2 else -1)
+                if rows.ndim != 2 or rows.shape != (n, width):
+                    raise ValueError(f"dense feature {name!r} must be ({n}, {width if width >= 0 else 'D'}) for this "
+                                     f"block, got {rows.shape}")
                 handles[f"{name}.dense"].write(rows.tobytes())
-    finally:
+    except BaseException:
         for handle in handles.values():
             handle.close()
+        _remove(directory)  # a failed pass leaves nothing behind
+        raise
+    for handle in handles.values():
+        handle.close()
     all_ids = np.concatenate(ids) if ids else np.empty(0, np.int64)
     count = all_ids.shape[0]
     flat = {f: _map(directory / f"{f}.ids", np.int64, (sizes[f],)) for f in fields}
     starts = {f: _map(directory / f"{f}.starts", np.int64, (count + 1,)) for f in fields}
     dense = {}
     for name in dense_names or ():
-        path = directory / f"{name}.dense"
-        width = path.stat().st_size // 4 // count if count else 0
-        dense[name] = _map(path, np.float32, (count, width))
+        dense[name] = _map(directory / f"{name}.dense", np.float32, (count, max(widths.get(name, 0), 0)))
     _remove(directory)
     return EntityFeatures.from_arrays(all_ids, flat, starts, dense)
 
@@ -103,8 +108,9 @@ def _map(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
     with open(path, "rb") as handle:
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     if hasattr(mmap, "MADV_RANDOM"):
-        # Training reads scattered rows: without this hint every page fault reads ahead (128 KiB+),
-        # and a few thousand random rows per step pull in the whole file.
+        # Training reads scattered rows: the hint turns read-ahead off, so a fault on a page that is
+        # not in memory reads that page, not its neighbours (what matters once the files outgrow
+        # the page cache).
         mapped.madvise(mmap.MADV_RANDOM)
     return np.frombuffer(mapped, dtype=dtype).reshape(shape)
 
