@@ -105,7 +105,9 @@ class _File:
         self.ignored_json: dict[str, str] = {}  # JSON Lines columns of a kind no rule reads
         if path.suffix == ".parquet":
             try:
-                self._parquet = pq.ParquetFile(path)
+                # No pre-buffering: the reader would keep every row group it has read (the whole
+                # file, once every column was read) for as long as the dataset is open.
+                self._parquet = pq.ParquetFile(path, pre_buffer=False)
             except (pa.ArrowInvalid, OSError) as error:
                 raise ValueError(f"{path}: expected a Parquet file, found: {error}") from None
             self.schema = self._parquet.schema_arrow
