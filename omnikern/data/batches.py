@@ -37,6 +37,27 @@ from omnikern.data.recipes import TEXT_FIELDS, Recipe
 LEGACY_FEATURE = "legacy"
 
 
+def featurise_field(featurise: Callable[[list[str]], Mapping[str, np.ndarray]], texts: Sequence[str], n: int,
+                    name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Returns one text field of ``n`` entities as ``(flat ids (T,), row starts (n + 1,))`` int64,
+    entity i's ids being ``flat[starts[i]:starts[i + 1]]``, checking what ``featurise`` returned.
+
+    Raises:
+        ValueError: not ``n`` texts, or ``featurise`` output of the wrong shape or order (named).
+    """
+    if len(texts) != n:
+        raise ValueError(f"text field {name!r} has {len(texts)} values for {n} entities")
+    out = featurise(list(texts))
+    flat = np.asarray(out["input_ids"], dtype=np.int64)
+    offsets = np.asarray(out["offsets"], dtype=np.int64)
+    if flat.ndim != 1 or offsets.shape != (n,):
+        raise ValueError(f"featurise must return input_ids (N,) and offsets ({n},) for field "
+                         f"{name!r}, got {flat.shape} and {offsets.shape}")
+    if n and (offsets[0] != 0 or np.any(np.diff(offsets) < 0) or offsets[-1] > flat.shape[0]):
+        raise ValueError(f"featurise returned offsets that are not non-decreasing from 0 for field {name!r}")
+    return flat, np.append(offsets, flat.shape[0])
+
+
 class EntityFeatures:
     """Per-entity learned-tower inputs of one entity type, featurised once, gathered per batch.
 
@@ -63,18 +84,7 @@ class EntityFeatures:
         self._flat: dict[str, np.ndarray] = {}
         self._starts: dict[str, np.ndarray] = {}
         for name in self.fields:
-            if len(texts[name]) != n:
-                raise ValueError(f"text field {name!r} has {len(texts[name])} values for {n} entities")
-            out = featurise(list(texts[name]))
-            flat = np.asarray(out["input_ids"], dtype=np.int64)
-            offsets = np.asarray(out["offsets"], dtype=np.int64)
-            if flat.ndim != 1 or offsets.shape != (n,):
-                raise ValueError(f"featurise must return input_ids (N,) and offsets ({n},) for field "
-                                 f"{name!r}, got {flat.shape} and {offsets.shape}")
-            if n and (offsets[0] != 0 or np.any(np.diff(offsets) < 0) or offsets[-1] > flat.shape[0]):
-                raise ValueError(f"featurise returned offsets that are not non-decreasing from 0 for field {name!r}")
-            self._flat[name] = flat
-            self._starts[name] = np.append(offsets, flat.shape[0])
+            self._flat[name], self._starts[name] = featurise_field(featurise, texts[name], n, name)
 
     @classmethod
     def from_arrays(cls, ids: np.ndarray, flat: Mapping[str, np.ndarray], starts: Mapping[str, np.ndarray],

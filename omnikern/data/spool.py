@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omnikern.data.batches import EntityFeatures
+from omnikern.data.batches import EntityFeatures, featurise_field
 
 # One block: entity ids (B,), text field -> B texts, dense feature name -> (B, D) float32.
 Block = tuple[np.ndarray, Mapping[str, Sequence[str]], Mapping[str, np.ndarray]]
@@ -64,17 +64,9 @@ def spool_features(blocks: Iterable[Block], fields: Sequence[str],
                 raise ValueError(f"every block must have the dense features {list(dense_names)}, got {list(dense)}")
             ids.append(block_ids)
             for f in fields:
-                if len(texts[f]) != n:
-                    raise ValueError(f"text field {f!r} has {len(texts[f])} values for {n} entities")
-                out = featurise(list(texts[f]))
-                flat = np.asarray(out["input_ids"], dtype=np.int64)
-                offsets = np.asarray(out["offsets"], dtype=np.int64)
-                if flat.ndim != 1 or offsets.shape != (n,):
-                    raise ValueError(f"featurise must return input_ids (N,) and offsets ({n},) for field {f!r}, "
-                                     f"got {flat.shape} and {offsets.shape}")
+                flat, starts = featurise_field(featurise, texts[f], n, f)
                 handles[f"{f}.ids"].write(flat.tobytes())
-                handles[f"{f}.starts"].write((sizes[f] + np.append(offsets[1:], flat.shape[0])).tobytes()
-                                             if n else b"")
+                handles[f"{f}.starts"].write((sizes[f] + starts[1:]).tobytes())  # the block's starts, shifted
                 sizes[f] += flat.shape[0]
             for name in dense_names:
                 rows = np.ascontiguousarray(dense[name], dtype=np.float32)
