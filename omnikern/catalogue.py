@@ -46,12 +46,7 @@ from torch import nn
 
 from omnikern._atomic import write_bytes_atomic
 from omnikern._checks import check_int
-from omnikern.data.batches import (
-    EntityFeatures,
-    PairSampler,
-    QueryTowerEntities,
-    TaskPairs,
-)
+from omnikern.data.batches import EntityFeatures, PairSampler, QueryTowerEntities, TaskPairs
 from omnikern.data.dataset import Dataset, EntityBatch
 from omnikern.data.spool import spool_features
 from omnikern.models.checkpoint import load_model_state, read_checkpoint_meta
@@ -67,23 +62,14 @@ from omnikern.models.components import (
 from omnikern.models.config import Config
 from omnikern.models.container import LEARNED, QUERY_KEY, OmniSearchSage, PerKeyLoss
 from omnikern.models.encoders import QueryTower, ZeroShotEncoder
-from omnikern.models.evaluate import (
-    bootstrap_interval,
-    rank_metrics,
-    summarise_with_intervals,
-)
+from omnikern.models.evaluate import bootstrap_interval, rank_metrics, summarise_with_intervals
 from omnikern.models.frozen import CachedPrefixEncoder
 from omnikern.models.item_towers import FixedTower, HashEmbeddingBag, LearnedItemTower
 from omnikern.models.loss import SampledSoftmaxLoss
 from omnikern.models.trainer import Trainer, TrainingSetup
 from omnikern.ops.l2norm import l2_normalize
 from omnikern.ops.loss import resolve_prefixes
-from omnikern.text import (
-    NGramFeaturizer,
-    NGramVocabs,
-    build_ngram_vocabs,
-    string_id_hash,
-)
+from omnikern.text import NGramFeaturizer, NGramVocabs, build_ngram_vocabs, string_id_hash
 
 QUERY_TYPE = "query"  # entities of this type are embedded by the query tower
 FIXED = "fixed"
@@ -292,7 +278,7 @@ def build_catalogue_data(config: Config, dataset: Dataset | None = None, run_dir
                     continue
                 n = dataset.num_entities(t)
                 rows = np.arange(n) if n <= cap else np.arange(cap) * n // cap  # evenly spaced, distinct
-                texts, _ = _entity_rows(config, dataset, t, rows, types[t].text_fields)
+                texts, _ = _entity_rows(dataset, t, rows, types[t].text_fields)
                 corpus += [text[:chars] for f in types[t].text_fields for text in texts[f]]
             vocabs = build_ngram_vocabs(corpus, caps=tuple(config.model.ngram_caps))
     featurise, vocab_size = _featuriser(config, tokenizer, vocabs)
@@ -315,7 +301,7 @@ def build_catalogue_data(config: Config, dataset: Dataset | None = None, run_dir
     return data
 
 
-def _entity_rows(config: Config, dataset: Dataset, entity_type: str, rows: np.ndarray,
+def _entity_rows(dataset: Dataset, entity_type: str, rows: np.ndarray,
                  fields: Sequence[str]) -> tuple[dict[str, list[str]], np.ndarray | None]:
     """Returns the texts of ``fields`` and the legacy vectors (or None) of the entities at ``rows``
     (sorted positions in the type's file order), read by a streamed pass."""
@@ -370,7 +356,7 @@ def fit_legacy_map(config: Config, data: CatalogueData, progress: bool = False) 
             pooled.append(zero_shot_documents(config, data, t, encode))
             targets.append(data.dataset.entities[t].legacy)
         else:  # a sample, read by a streamed pass
-            texts, legacy = _entity_rows(config, data.dataset, t, take, data.types[t].text_fields)
+            texts, legacy = _entity_rows(data.dataset, t, take, data.types[t].text_fields)
             pooled.append(encode(entity_documents(texts)).float())
             targets.append(legacy)
     pooled = torch.cat(pooled).double()

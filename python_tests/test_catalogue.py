@@ -543,10 +543,10 @@ def test_entity_rows_streams_the_rows_asked_for(shop, tmp_path):
     data = build_catalogue_data(config, fit_legacy=False)
     table = data.dataset.entities["product"]
     rows = np.array([0, 1, 24, 25, 26, 59])  # across row groups of 25
-    texts, legacy = _entity_rows(config, data.dataset, "product", rows, ["title", "tags"])
+    texts, legacy = _entity_rows(data.dataset, "product", rows, ["title", "tags"])
     assert texts == {f: [table.texts(f)[i] for i in rows] for f in ("title", "tags")}
     assert np.array_equal(legacy, table.legacy[rows])
-    texts, legacy = _entity_rows(config, data.dataset, "board", np.array([], dtype=np.int64), ["title"])
+    texts, legacy = _entity_rows(data.dataset, "board", np.array([], dtype=np.int64), ["title"])
     assert texts == {"title": []} and legacy is None
 
 
